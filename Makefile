@@ -1,0 +1,46 @@
+# mnc-teach: `make lab` opens the course, `make test` runs every test. Both create the environment when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# JupyterLab listens here; override e.g. `make lab LAB_ARGS="--no-browser --port 8899"`.
+LAB_ARGS ?=
+
+.PHONY: help venv lab test test-fast lint shapes clean
+
+help:
+	@echo "make lab        create the environment if missing and open the course in JupyterLab"
+	@echo "make test       create the environment if missing and run every test (notebooks included)"
+	@echo "make test-fast  unit tests only (skips executing the notebooks)"
+	@echo "make lint       ruff over the package and tests"
+	@echo "make shapes     generate the synthetic shapes dataset into data/shapes"
+	@echo "make clean      remove caches (keeps the environment and data)"
+
+venv: $(STAMP)
+
+# Re-installs when pyproject.toml changes. pip finds torch/torchvision wheels already on disk where they are.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mnc-teach needs Python >= 3.10; set PYTHON=python3.x")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebook"
+
+lint: $(STAMP)
+	$(BIN)/ruff check mnc_teach tests
+
+shapes: $(STAMP)
+	$(BIN)/python -m mnc_teach shapes --root data/shapes
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
