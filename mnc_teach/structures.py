@@ -83,7 +83,7 @@ def check_targets(images: list[Tensor], targets: list[Target], num_classes: int 
     """
     if len(images) != len(targets):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets; pass one target per image")
-    for i, (image, target) in enumerate(zip(images, targets)):
+    for i, (image, target) in enumerate(zip(images, targets, strict=True)):
         where = f"target {i}" + (f" (image_id {target['image_id']!r})" if target.get("image_id") else "")
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image {i} has shape {tuple(image.shape)}; expected Tensor[3, H, W]")
