@@ -246,11 +246,12 @@ def generate_shapes(
     if voc_dir.exists():
         stored = _read_generation(voc_dir)
         if stored != params and not overwrite:
-            asked = ", ".join(f"{key}={value}" for key, value in params.items())
-            had = ", ".join(f"{key}={value}" for key, value in stored.items())
+            differing = sorted(key for key in params.keys() | stored.keys() if stored.get(key) != params.get(key))
+            had = ", ".join(f"{key}={stored.get(key)}" for key in differing)
+            asked = ", ".join(f"{key}={params.get(key)}" for key in differing)
             raise ValueError(
                 f"{voc_dir} holds a shapes dataset made with {had}, but you asked for {asked}. "
-                "Pass overwrite=True to replace it, or choose another root."
+                "Pass overwrite=True (command line: --overwrite) to replace it, or choose another root."
             )
         if stored == params:
             fingerprint_file = voc_dir / "fingerprint.txt"
