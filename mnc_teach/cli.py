@@ -42,7 +42,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mnc_teach.data.voc import VOCInstanceSegmentation
-    from mnc_teach.evaluate import evaluate_predictions, load_predictions
+    from mnc_teach.evaluate import evaluate_predictions
+    from mnc_teach.predictions import load_predictions
 
     dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format)
     predictions = load_predictions(args.predictions)
