@@ -151,15 +151,18 @@ def test_transforms_are_applied_last(voc):
     assert image.abs().sum() == 0 and target["image_id"] == "changed"
 
 
+def assert_same_as_torchvision(image, target, ref_image, ref_class) -> None:
+    """Our image and the class map our instances imply equal what torchvision read from the same files."""
+    np.testing.assert_array_equal(np.array(ref_class), class_map_of(target))
+    np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), np.array(ref_image) / 255.0, atol=1e-6)
+
+
 def test_torchvision_voc_segmentation_reads_the_same_class_maps(voc):
     reference = torchvision.datasets.VOCSegmentation(voc.root, year="2012", image_set="trainval", download=False)
     dataset = VOCInstanceSegmentation(voc.root, split="trainval")
     assert len(reference) == len(dataset)
     for index in range(len(dataset)):
-        ref_image, ref_class = reference[index]
-        image, target = dataset[index]
-        np.testing.assert_array_equal(np.array(ref_class), class_map_of(target))
-        np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), np.array(ref_image) / 255.0, atol=1e-6)
+        assert_same_as_torchvision(*dataset[index], *reference[index])
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -194,9 +197,7 @@ def test_torchvision_sbdataset_reads_the_same_fixture(sbd, split):
     assert len(segmentation) == len(ours)
     for index in range(len(ours)):
         image, target = ours[index]
-        ref_image, ref_class = segmentation[index]
-        np.testing.assert_array_equal(np.array(ref_class), class_map_of(target))
-        np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), np.array(ref_image) / 255.0, atol=1e-6)
+        assert_same_as_torchvision(image, target, *segmentation[index])
         _, ref_boundaries = boundaries[index]
         assert ref_boundaries.shape == (20, *image.shape[-2:])
         for label in target["labels"].tolist():  # every present class has a boundary
