@@ -43,6 +43,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mnc_teach.data.voc import VOCInstanceSegmentation
     from mnc_teach.evaluate import evaluate_predictions
+    from mnc_teach.fileio import write_text_atomically
     from mnc_teach.predictions import load_predictions
 
     dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format)
@@ -59,11 +60,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     coco = report["coco"]
     print(f"COCO segm: AP {coco['AP']:.4f}  AP50 {coco['AP50']:.4f}  AP75 {coco['AP75']:.4f}")
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
-        tmp.replace(out)
+        numbers = {key: value for key, value in report.items() if key != "table"}
+        out = write_text_atomically(args.json, json.dumps(numbers, indent=2))
         print(f"wrote {out}")
     return 0
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Container
 from pathlib import Path
@@ -22,6 +20,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 from torch import Tensor
+
+from mnc_teach.fileio import write_text_atomically
 
 # MNC_SPEC §8: `PascalVOCSeg._reformat_result` binarises masks at >= 0.4 (`BINARIZE_THRESH`).
 MASK_BINARIZE_THRESHOLD = 0.4
@@ -180,15 +180,7 @@ def save_predictions(results: list[dict], path: str | Path) -> None:
     path = Path(path)
     for i, entry in enumerate(results):
         check_result(entry, f"save_predictions({path}): entry {i}", None, None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(results, file)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(results))
 
 
 def load_predictions(

@@ -27,6 +27,7 @@ from torchvision.datasets.utils import calculate_md5
 from tqdm.auto import tqdm
 
 from mnc_teach.data.extract import UnsafeArchiveError, safe_extract
+from mnc_teach.fileio import write_text_atomically
 
 __all__ = ["Resource", "RESOURCES", "MIRROR_ENV_VAR", "DownloadError", "ChecksumError"]
 __all__ += ["UnsafeArchiveError", "download_file", "safe_extract", "download_dataset"]  # the first two: extract.py
@@ -306,8 +307,7 @@ def download_dataset(
             f"Extracted {archive} but {dataset_dir} is missing: the archive does not have "
             f"the expected layout. Check that {archive.name} is the right file."
         )
-    stamp.with_suffix(".tmp").write_text(md5 + "\n")
-    os.replace(stamp.with_suffix(".tmp"), stamp)  # atomic: a stamp is never half-written
+    write_text_atomically(stamp, md5 + "\n")  # a stamp is never half-written
     if not keep_archive:
         archive.unlink()
     print(f"{resource.name} is ready: {dataset_dir}")

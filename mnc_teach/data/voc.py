@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mnc_teach.boxes import masks_to_boxes
+from mnc_teach.fileio import write_text_atomically
 from mnc_teach.structures import Target
 
 __all__ = ["VOC_CLASSES", "AnnotationWarning", "VOCInstanceSegmentation", "find_sbd_dir", "find_voc_dir"]
@@ -336,16 +337,6 @@ class VOCInstanceSegmentation(Dataset):
         return instance_map, ignore, instance_ids, labels
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp_path.write_text(text)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def make_mnc_split(sbd_root: str | os.PathLike, voc_root: str | os.PathLike) -> dict[str, int]:
     """Write MNC's re-split of SBD as ``mnc_train.txt`` / ``mnc_val.txt`` in the SBD dataset folder.
 
@@ -391,6 +382,6 @@ def make_mnc_split(sbd_root: str | os.PathLike, voc_root: str | os.PathLike) -> 
     counts = {}
     for name, split in zip(("train", "val"), MNC_SPLITS, strict=True):
         ids = sorted(sbd_ids & main_ids[name])
-        _write_atomically(sbd_dir / f"{split}.txt", "".join(f"{image_id}\n" for image_id in ids))
+        write_text_atomically(sbd_dir / f"{split}.txt", "".join(f"{image_id}\n" for image_id in ids))
         counts[split] = len(ids)
     return counts
