@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
-from mnc_teach.boxes import box_iou
+from mnc_teach.boxes import box_area, box_iou
 
 __all__ = [
     "GID_BOX", "GID_MASK", "GID_LABEL", "GID_IGNORE", "GID_ANCHORS", "GID_GT",
@@ -339,7 +339,7 @@ def draw_boxes_and_iou(box_a, box_b, ax: Axes | None = None) -> Figure:
     ix1, iy1 = torch.maximum(a[:2], b[:2]).tolist()
     ix2, iy2 = torch.minimum(a[2:], b[2:]).tolist()
     inter = max(ix2 - ix1, 0.0) * max(iy2 - iy1, 0.0)
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    union = float(box_area(torch.stack([a, b])).sum()) - inter
     if inter > 0:
         shaded = Rectangle((ix1, iy1), ix2 - ix1, iy2 - iy1, facecolor="tab:purple", alpha=0.35)
         shaded.set_gid("intersection")
