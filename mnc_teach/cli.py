@@ -47,12 +47,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mnc_teach.predictions import load_predictions
 
     dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format)
-    predictions = load_predictions(args.predictions)
+    # validated once, here, so that errors name the file
+    predictions = load_predictions(args.predictions, set(dataset.image_ids), dataset.num_classes)
     ground_truth = [
         dataset.load_target(i)
         for i in tqdm(range(len(dataset)), desc=f"reading {args.split} ground truth", leave=False)
     ]
-    report = evaluate_predictions(predictions, ground_truth, dataset.class_names)
+    report = evaluate_predictions(predictions, ground_truth, dataset.class_names, check=False)
     print(report["table"])
     for threshold in ("0.5", "0.7"):
         aps = report[f"mAP_r@{threshold}"]

@@ -106,3 +106,14 @@ def test_evaluate_names_a_bad_predictions_file(shapes_root: Path, tmp_path: Path
     argv = ["evaluate", "--dataset-root", str(shapes_root), "--split", "val", "--predictions", str(bad)]
     assert main(argv) == 1
     assert str(bad) in capsys.readouterr().err
+
+
+def test_evaluate_names_the_file_for_an_unknown_image_id(shapes_root: Path, tmp_path: Path, capsys) -> None:
+    dataset = VOCInstanceSegmentation(shapes_root, split="val")
+    predictions = _predictions_from_ground_truth(dataset, drop_first=False)
+    predictions[0] = {**predictions[0], "image_id": "train_000000"}  # an image of another split
+    save_predictions(predictions, tmp_path / "preds.json")
+    argv = ["evaluate", "--dataset-root", str(shapes_root), "--split", "val"]
+    assert main([*argv, "--predictions", str(tmp_path / "preds.json")]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "preds.json") in err and "entry 0" in err and "train_000000" in err

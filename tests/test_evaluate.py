@@ -411,6 +411,16 @@ def test_evaluate_predictions_combines_both_and_is_json_ready():
     json.dumps(summary, allow_nan=False)
 
 
+
+def test_predictions_are_checked_once_and_check_false_changes_no_number():
+    predictions, ground_truth = synthetic_set()
+    checked = evaluate_predictions(predictions, ground_truth, CLASSES)
+    assert evaluate_predictions(predictions, ground_truth, CLASSES, check=False) == checked
+    bad = [*predictions, {**predictions[0], "category_id": len(CLASSES)}]
+    with pytest.raises(ValueError, match=f"prediction {len(predictions)}: .*category"):
+        evaluate_predictions(bad, ground_truth, CLASSES)
+
+
 # ----------------------------------------------------------------------------- files
 def test_save_load_round_trip(tmp_path):
     predictions, _ = synthetic_set()
