@@ -129,13 +129,19 @@ def _total_from_content_range(header: str | None) -> int | None:
     return int(total) if total.isdigit() else None
 
 
+def _set_aside(bad: Path, name: Path) -> Path:
+    """Move a file with a wrong checksum to ``<name>.corrupt`` (kept for inspection); return that path."""
+    corrupt = name.with_suffix(name.suffix + CORRUPT_SUFFIX)
+    os.replace(bad, corrupt)
+    return corrupt
+
+
 def _finish(part: Path, dest: Path, md5: str | None) -> Path:
     """Verify ``part`` and atomically rename it to ``dest``; set a bad file aside."""
     if md5 is not None:
         actual = calculate_md5(part)
         if actual != md5.lower():
-            corrupt = dest.with_suffix(dest.suffix + CORRUPT_SUFFIX)
-            os.replace(part, corrupt)
+            corrupt = _set_aside(part, dest)
             raise ChecksumError(
                 f"Checksum mismatch for {dest.name}: expected md5 {md5}, got {actual}. "
                 f"The bad file was moved to {corrupt} so the next run starts afresh; "
@@ -291,9 +297,8 @@ def download_dataset(
         print(f"Found verified {archive}; skipping the download.")
     else:
         if archive.exists():
-            corrupt = archive.with_suffix(archive.suffix + CORRUPT_SUFFIX)
+            corrupt = _set_aside(archive, archive)
             print(f"{archive} has a wrong checksum: moved to {corrupt}, downloading again.")
-            os.replace(archive, corrupt)
         source = _resolve_url(resource, url)
         print(f"Downloading {resource.name} ({_human_size(resource.size_bytes)}) from {source}")
         print(f"  to {archive}")
