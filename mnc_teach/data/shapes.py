@@ -145,7 +145,8 @@ def render_scene(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray,
         # only reveal pixels of the others, so this loop ends after one or two passes.
         while full_masks:
             label_map = _label_map(full_masks)
-            visible = label_map[~_void_band(label_map)]
+            void = _void_band(label_map)  # (S, S) bool, kept for the annotations below
+            visible = label_map[~void]
             areas = np.bincount(visible, minlength=len(full_masks) + 1)[1:]
             keep = areas >= min_area
             if keep.all():
@@ -165,7 +166,6 @@ def render_scene(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray,
         image[label_map == instance_id] = color
     image += NOISE_STD * rng.standard_normal(size=image.shape, dtype=np.float32)
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    void = _void_band(label_map)
     class_map = np.concatenate([[0], labels]).astype(np.uint8)[label_map]  # instance id -> class
     instance_map = label_map.copy()
     instance_map[void], class_map[void] = VOID, VOID
