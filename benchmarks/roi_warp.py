@@ -1,0 +1,99 @@
+"""Forward + backward time of MNC's RoI warping against torchvision's compiled roi_align.
+
+    python benchmarks/roi_warp.py [--repeats N] [--rois R] [--channels C]
+
+Setting (MNC_SPEC §3, §5): a 600 x 800 image at stride 16 gives a 1 x C x 38 x 50 feature map;
+R RoIs; 14 x 14 output. Compared, in the same run and on the same device:
+    ours pool=1   roi_warp_pool(..., 14, pool=1): one bilinear sample per output cell
+    ours pool=2   roi_warp_pool(..., 14, pool=2): warp 28 x 28, 2 x 2 max pool (the official code)
+    roi_align     torchvision.ops.roi_align(..., 14, sampling_ratio=2, aligned=True): 2 x 2 samples averaged
+Ours also computes the gradient with respect to the boxes; roi_align's kernel does not (it has
+none). The methods take turns in every repeat; times are medians, in ms per call, and the ratio is
+(this row) / roi_align. Nothing
+is asserted: this prints figures, it does not test them (DESIGN.md §2, benchmarks/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from mnc_teach.roi_warp import PAPER_OUTPUT_SIZE, VGG16_SPATIAL_SCALE, roi_warp_pool  # noqa: E402
+
+IMAGE_SIZE = (600, 800)  # (H, W): the paper's short side 600 [MNC_SPEC §7]
+STRIDE = 16  # VGG-16 conv5_3 [MNC_SPEC §1]
+WARMUP = 2  # untimed calls first (allocator, kernel selection)
+
+
+def make_inputs(num_rois: int, channels: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1 x C x 38 x 50 feature map and R random boxes inside the 600 x 800 image, as RoIs [R, 5]."""
+    gen = torch.Generator().manual_seed(seed)
+    height, width = (-(-side // STRIDE) for side in IMAGE_SIZE)  # ceil(600 / 16) x ceil(800 / 16) = 38 x 50
+    features = torch.randn(1, channels, height, width, generator=gen)
+    top_left = torch.rand(num_rois, 2, generator=gen) * torch.tensor([IMAGE_SIZE[1], IMAGE_SIZE[0]]) * 0.7  # (R, 2) x, y
+    sides = 16 + torch.rand(num_rois, 2, generator=gen) * 300  # (R, 2)
+    rois = torch.cat([torch.zeros(num_rois, 1), top_left, top_left + sides], dim=1)  # (R, 5)
+    return features.to(device), rois.to(device)
+
+
+def forward_backward_ms(fn, features: torch.Tensor, rois: torch.Tensor) -> float:
+    """Milliseconds of one ``fn(features, rois).backward(ones)``, with fresh leaves requiring grad."""
+    feats = features.detach().requires_grad_(True)
+    boxes = rois.detach().requires_grad_(True)
+    if features.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn(feats, boxes)
+    out.backward(torch.ones_like(out))
+    if features.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
+def time_methods(methods: dict, features: torch.Tensor, rois: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median ms per method; the methods take turns within each repeat, so load changes hit all of them."""
+    times: dict[str, list[float]] = {label: [] for label in methods}
+    for step in range(WARMUP + repeats):
+        for label, fn in methods.items():
+            elapsed = forward_backward_ms(fn, features, rois)
+            if step >= WARMUP:
+                times[label].append(elapsed)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per method (median reported)")
+    parser.add_argument("--rois", type=int, default=256, help="R, RoIs per call")
+    parser.add_argument("--channels", type=int, default=256, help="C, feature channels")
+    args = parser.parse_args(argv)
+
+    size, scale = PAPER_OUTPUT_SIZE, VGG16_SPATIAL_SCALE
+    methods = {
+        "ours pool=1 (14x14)": lambda f, r: roi_warp_pool(f, r, size, scale, pool=1),
+        "ours pool=2 (28->14)": lambda f, r: roi_warp_pool(f, r, size, scale, pool=2),
+        "roi_align sr=2": lambda f, r: torchvision.ops.roi_align(f, r, size, scale, sampling_ratio=2, aligned=True),
+    }
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads")
+    for device in devices:
+        features, rois = make_inputs(args.rois, args.channels, device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        print(f"\n{name}: features {tuple(features.shape)}, R = {args.rois}, forward + backward, "
+              f"median of {args.repeats}")  # fmt: skip
+        timings = time_methods(methods, features, rois, args.repeats)
+        reference = timings["roi_align sr=2"]
+        print(f"  {'method':<22} {'ms / call':>10} {'ours / roi_align':>17}")
+        for label, ms in timings.items():
+            print(f"  {label:<22} {ms:10.2f} {ms / reference:17.2f}")
+
+
+if __name__ == "__main__":
+    main()
