@@ -2,14 +2,17 @@
 
 Stage 1 labels every anchor positive, negative or ignored by its IoU with the ground
 truth (:func:`label_anchors`), then draws 256 of them, at most half positive
-(:func:`sample_pos_neg`). :func:`match_boxes` is the building block, with the same
-semantics as ``torchvision.models.detection._utils.Matcher``.
+(:func:`sample_pos_neg`). Stages 2-3 draw 64 RoIs per image from the proposals plus the
+ground truth (:func:`sample_rois`). :func:`match_boxes` is the building block, with the
+same semantics as ``torchvision.models.detection._utils.Matcher``.
 
 Shape legend (structures.py): G ground-truth boxes, R anchors or proposals,
 H, W image size.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,6 +33,9 @@ __all__ = [
     "match_boxes",
     "label_anchors",
     "sample_pos_neg",
+    "RoISample",
+    "match_rois",
+    "sample_rois",
 ]
 
 # Sentinels returned by match_boxes in place of a ground-truth index (torchvision's Matcher).
@@ -201,3 +207,75 @@ def sample_pos_neg(
     pos_idx = positive[pos_perm.to(labels.device)].sort().values
     neg_idx = negative[neg_perm.to(labels.device)].sort().values
     return pos_idx, neg_idx
+
+
+@dataclass
+class RoISample:
+    """The RoIs of one image for stages 2-3, foreground first.
+
+    Attributes:
+        boxes (Tensor[R, 4], xyxy pixels): differentiable in the proposals they came from.
+        matched_gt (Tensor[R], int64): index of each RoI's max-IoU ground truth (0 when G == 0).
+        labels (Tensor[R], int64): box-level class: the matched class if IoU >= fg_iou, else 0.
+        iou (Tensor[R]): IoU with the matched ground truth.
+    """
+
+    boxes: Tensor
+    matched_gt: Tensor
+    labels: Tensor
+    iou: Tensor
+
+
+def match_rois(boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, fg_iou: float) -> RoISample:
+    """Match every box to its max-IoU ground truth; box-level label = that class if IoU >= fg_iou."""
+    iou = box_iou(gt_boxes.to(boxes.dtype), boxes.detach())  # (G, R)
+    if iou.shape[0] == 0:
+        zeros = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+        return RoISample(boxes, zeros, zeros.clone(), boxes.new_zeros(boxes.shape[0]))
+    best_iou, matched_gt = iou.max(dim=0)  # each (R,)
+    labels = torch.where(best_iou >= fg_iou, gt_labels[matched_gt], torch.zeros_like(matched_gt))
+    return RoISample(boxes, matched_gt, labels, best_iou)
+
+
+def sample_rois(
+    proposals: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    batch_size: int = 64,
+    fg_fraction: float = 0.3,
+    fg_iou: float = 0.5,
+    bg_iou_low: float = 0.1,
+    hard_bg_fraction: float = 0.85,
+    append_gt_boxes: bool = True,
+    generator: torch.Generator | None = None,
+) -> RoISample:
+    """Draw the training RoIs of stages 2-3 (``proposal_target_layer.py``, MNC_SPEC §4).
+
+    Candidates are the proposals plus (``append_gt_boxes``) the ground-truth boxes.
+    Foreground: IoU >= ``fg_iou``, at most ``batch_size * fg_fraction`` (19 of 64). The rest
+    of the batch is background: ``hard_bg_fraction`` (85 %) from IoU in [``bg_iou_low``,
+    ``fg_iou``), the others from [0, ``bg_iou_low``); a shortfall in one pool is filled from
+    the other. Without replacement, so the batch may be smaller than ``batch_size``.
+
+    Args:
+        proposals (Tensor[P, 4], xyxy pixels): stage-1 boxes (gradients flow through them).
+        gt_boxes (Tensor[G, 4]), gt_labels (Tensor[G], int64 in 1..K).
+        generator: a seeded ``torch.Generator`` for a reproducible sample (None: global RNG).
+    """
+    candidates = proposals
+    if append_gt_boxes and gt_boxes.numel():
+        candidates = torch.cat([proposals, gt_boxes.to(proposals)])  # (P + G, 4)
+    matched = match_rois(candidates, gt_boxes, gt_labels, fg_iou)
+
+    def draw(indices: Tensor, count: int) -> Tensor:
+        order = torch.randperm(indices.numel(), generator=generator, device=generator.device if generator else None)
+        return indices[order[:count].to(indices.device)]
+
+    fg = torch.nonzero(matched.labels > 0).flatten()
+    hard_bg = torch.nonzero((matched.labels == 0) & (matched.iou >= bg_iou_low)).flatten()
+    easy_bg = torch.nonzero((matched.labels == 0) & (matched.iou < bg_iou_low)).flatten()
+    fg = draw(fg, int(batch_size * fg_fraction))
+    num_bg = batch_size - fg.numel()
+    num_hard = min(hard_bg.numel(), max(int(round(num_bg * hard_bg_fraction)), num_bg - easy_bg.numel()))
+    keep = torch.cat([fg, draw(hard_bg, num_hard), draw(easy_bg, num_bg - num_hard)])
+    return RoISample(matched.boxes[keep], matched.matched_gt[keep], matched.labels[keep], matched.iou[keep])

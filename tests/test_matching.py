@@ -17,7 +17,9 @@ from mnc_teach.matching import (
     POSITIVE,
     label_anchors,
     match_boxes,
+    match_rois,
     sample_pos_neg,
+    sample_rois,
 )
 
 # --- match_boxes --------------------------------------------------------------------------
@@ -218,3 +220,91 @@ def test_sample_pos_neg_generator_is_reproducible():
     assert (first[0].numel(), first[1].numel()) == (16, 48)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not (torch.equal(first[0], other[0]) and torch.equal(first[1], other[1]))
+
+
+# --- match_rois / sample_rois (stages 2-3) ----------------------------------------------------
+
+ROI_GT_BOXES = torch.tensor([[10.0, 10.0, 40.0, 50.0], [50.0, 20.0, 90.0, 60.0], [20.0, 60.0, 70.0, 95.0]])
+ROI_GT_LABELS = torch.tensor([3, 1, 2])
+
+
+def random_proposals(num: int, seed: int) -> torch.Tensor:
+    """Boxes scattered around the ground truth and the whole 100 x 100 image (all IoU ranges)."""
+    gen = torch.Generator().manual_seed(seed)
+    near = ROI_GT_BOXES[torch.randint(0, 3, (num // 2,), generator=gen)] + 8 * torch.randn(num // 2, 4, generator=gen)
+    corner = 100 * torch.rand(num - num // 2, 2, generator=gen)
+    anywhere = torch.cat([corner, corner + 5 + 30 * torch.rand(num - num // 2, 2, generator=gen)], dim=1)
+    boxes = torch.cat([near, anywhere])
+    return torch.cat([boxes[:, :2].minimum(boxes[:, 2:] - 2), boxes[:, 2:]], dim=1)  # x1 < x2, y1 < y2
+
+
+def test_match_rois_equals_brute_force():
+    boxes = random_proposals(80, seed=0)
+    sample = match_rois(boxes, ROI_GT_BOXES, ROI_GT_LABELS, fg_iou=0.5)
+    iou = torchvision.ops.box_iou(ROI_GT_BOXES, boxes)  # (G, R)
+    assert torch.allclose(sample.iou, iou.max(dim=0).values)
+    assert torch.equal(sample.matched_gt, iou.argmax(dim=0))
+    expected_labels = [ROI_GT_LABELS[g].item() if v >= 0.5 else 0 for v, g in zip(*iou.max(dim=0), strict=True)]
+    assert sample.labels.tolist() == expected_labels
+    assert 0 < sum(v > 0 for v in expected_labels) < 80
+    assert sample.boxes is boxes
+
+    no_gt = match_rois(boxes, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), fg_iou=0.5)
+    assert no_gt.labels.tolist() == [0] * 80 and no_gt.matched_gt.tolist() == [0] * 80
+    assert no_gt.iou.tolist() == [0.0] * 80
+
+
+def expected_counts(iou, labels, batch_size, fg_fraction, fg_iou, bg_low, hard_fraction):
+    """The per-pool counts of proposal_target_layer's sampling, from the pool sizes."""
+    num_fg = int((labels > 0).sum())
+    num_hard = int(((labels == 0) & (iou >= bg_low)).sum())
+    num_easy = int(((labels == 0) & (iou < bg_low)).sum())
+    fg = min(num_fg, int(batch_size * fg_fraction))
+    num_bg = batch_size - fg
+    hard = min(num_hard, max(round(num_bg * hard_fraction), num_bg - num_easy))
+    return fg, hard, min(num_easy, num_bg - hard)
+
+
+@pytest.mark.parametrize("num_proposals, seed", [(300, 0), (300, 1), (40, 2), (12, 3)])
+def test_sample_rois_pools_counts_and_order(num_proposals, seed):
+    proposals = random_proposals(num_proposals, seed)
+    sample = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(seed))
+    candidates = match_rois(torch.cat([proposals, ROI_GT_BOXES]), ROI_GT_BOXES, ROI_GT_LABELS, 0.5)
+    fg, hard, easy = expected_counts(candidates.iou, candidates.labels, 64, 0.3, 0.5, 0.1, 0.85)
+    assert sample.boxes.shape[0] == fg + hard + easy <= 64
+    # foreground first, then hard background [0.1, 0.5), then easy background [0, 0.1)
+    assert (sample.labels[:fg] > 0).all() and (sample.iou[:fg] >= 0.5).all()
+    assert (sample.labels[fg:] == 0).all()
+    assert ((sample.iou[fg : fg + hard] >= 0.1) & (sample.iou[fg : fg + hard] < 0.5)).all()
+    assert (sample.iou[fg + hard :] < 0.1).all()
+    assert torch.unique(sample.boxes, dim=0).shape[0] == sample.boxes.shape[0]  # without replacement
+    # every RoI carries its own match
+    rematched = match_rois(sample.boxes, ROI_GT_BOXES, ROI_GT_LABELS, 0.5)
+    assert torch.equal(rematched.matched_gt, sample.matched_gt) and torch.equal(rematched.labels, sample.labels)
+    if num_proposals == 300:
+        assert (fg, hard + easy) == (19, 45) and hard == round(45 * 0.85)
+
+
+def test_sample_rois_appends_ground_truth_and_passes_gradients_to_proposals():
+    only_gt = sample_rois(torch.zeros(0, 4), ROI_GT_BOXES, ROI_GT_LABELS)
+    assert sorted(only_gt.labels.tolist()) == [1, 2, 3] and (only_gt.iou == 1).all()
+    assert sample_rois(torch.zeros(0, 4), ROI_GT_BOXES, ROI_GT_LABELS, append_gt_boxes=False).boxes.shape == (0, 4)
+
+    proposals = random_proposals(100, seed=4).requires_grad_(True)
+    sample = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(0))
+    sample.boxes.sum().backward()
+    rows = proposals.grad.sum(dim=1)  # 4 for each sampled proposal, 0 otherwise
+    assert set(rows.tolist()) <= {0.0, 4.0}
+    from_proposals = sum(any(torch.equal(b, p) for p in proposals.detach()) for b in sample.boxes.detach())
+    assert int((rows == 4).sum()) == from_proposals > 0
+
+
+def test_sample_rois_without_ground_truth_and_reproducibility():
+    proposals = random_proposals(100, seed=5)
+    no_gt = sample_rois(proposals, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), generator=torch.Generator().manual_seed(0))
+    assert no_gt.boxes.shape[0] == 64 and (no_gt.labels == 0).all()
+    first = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(1))
+    again = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(1))
+    other = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first.boxes, again.boxes)
+    assert not torch.equal(first.boxes, other.boxes)

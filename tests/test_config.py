@@ -1,0 +1,86 @@
+"""Tests for mnc_teach/config.py: presets, the dict round trip of checkpoints, and override()."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from mnc_teach.anchors import generate_base_anchors
+from mnc_teach.config import PRESETS, MNCConfig, get_preset, override, shapes_cpu
+
+
+def tuple_fields(obj, prefix=""):
+    """Dotted names of every tuple-valued field of a (nested) config."""
+    names = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            names += tuple_fields(value, f"{prefix}{f.name}.")
+        elif isinstance(value, tuple):
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def get_dotted(obj, name):
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_name_themselves(name):
+    cfg = get_preset(name)
+    assert isinstance(cfg, MNCConfig)
+    assert cfg.preset == name
+    assert cfg.num_stages in (3, 5)
+    assert cfg.backbone.name in ("tiny", "vgg16", "resnet50")
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(KeyError, match="shapes-cpu"):
+        get_preset("nope")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_dict_round_trip_through_json_keeps_tuples(name):
+    cfg = get_preset(name)
+    values = json.loads(json.dumps(cfg.to_dict()))  # what a checkpoint stores: tuples become lists
+    restored = MNCConfig.from_dict(values)
+    assert restored == cfg
+    names = tuple_fields(cfg)
+    assert "rpn.anchor_scales" in names and "train.lr_steps" in names
+    for field_name in names:
+        assert isinstance(get_dotted(restored, field_name), tuple), field_name
+
+
+def test_from_dict_fills_missing_fields_with_defaults():
+    restored = MNCConfig.from_dict({"num_classes": 7, "train": {"lr": 0.5}})
+    assert restored.num_classes == 7 and restored.train.lr == 0.5
+    assert restored.train.momentum == MNCConfig().train.momentum
+    assert restored.rpn == MNCConfig().rpn
+
+
+def test_override_nested_and_top_level_copies():
+    cfg = shapes_cpu()
+    changed = override(cfg, "train.max_steps", 7)
+    assert changed.train.max_steps == 7
+    assert cfg.train.max_steps != 7  # the original is untouched
+    assert changed.rpn == cfg.rpn and changed.train.lr == cfg.train.lr
+    assert override(cfg, "num_classes", 1).num_classes == 1
+    assert override(cfg, "rpn.anchor_scales", (1, 2)).rpn.anchor_scales == (1, 2)
+
+
+@pytest.mark.parametrize("dotted", ["trian.lr", "train.learning_rate", "nope"])
+def test_override_unknown_key_is_an_error_naming_it(dotted):
+    bad = dotted.rsplit(".", 1)[-1] if dotted.startswith("train.") else dotted.split(".")[0]
+    with pytest.raises(KeyError, match=bad):
+        override(shapes_cpu(), dotted, 1)
+
+
+def test_shapes_anchor_sides_are_as_commented():
+    rpn = shapes_cpu().rpn
+    anchors = generate_base_anchors(rpn.anchor_base_size, (1.0,), rpn.anchor_scales)  # square anchors
+    sides = (anchors[:, 2] - anchors[:, 0]).tolist()
+    assert sides == [16.0, 32.0, 64.0]  # "sides 16, 32, 64 px" in config.py
