@@ -4,16 +4,22 @@ Commands:
     shapes    generate the synthetic shapes dataset (VOC 2012 layout) and print its fingerprint
     download  download and verify PASCAL VOC 2012 or SBD
     evaluate  mAP^r at 0.5 / 0.7 (SDS protocol, two AP variants) and COCO-style AP of a predictions file
+    train     train MNC from a preset (checkpoints, resume, Ctrl-C stops cleanly)
+    predict   run a trained checkpoint on a dataset split and write a COCO results JSON for `evaluate`
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from mnc_teach.config import PRESETS
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
@@ -67,6 +73,80 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PRESET = "shapes-cpu"
+
+
+def _apply_setting(cfg, assignment: str):
+    """``cfg`` with ``NAME=VALUE`` applied, e.g. ``train.lr=0.01``; VALUE is a Python literal (or a bare string)."""
+    from mnc_teach.config import override
+
+    name, sep, text = assignment.partition("=")
+    current = cfg
+    for part in name.split("."):
+        if not sep or not dataclasses.is_dataclass(current) or not hasattr(current, part):
+            raise ValueError(f"--set {assignment!r}: expected NAME=VALUE with NAME a setting of "
+                             "mnc_teach/config.py, e.g. train.lr=0.01 or data.flip=False")  # fmt: skip
+        current = getattr(current, part)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = {"true": True, "false": False, "none": None}.get(text.lower(), text)  # a bare string
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(current, float) and type(value) is int:
+        value = float(value)
+    if current is not None and value is not None and type(value) is not type(current):
+        raise ValueError(f"--set {name}: expected a {type(current).__name__} like {current!r}, got {text!r}")
+    return override(cfg, name, value)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mnc_teach.config import MNCConfig, get_preset, override
+    from mnc_teach.train import CHECKPOINT_NAME, HISTORY_NAME, load_checkpoint, train
+
+    out = Path(args.out)
+    if args.resume and args.preset is None:  # the checkpoint's own settings
+        cfg = MNCConfig.from_dict(load_checkpoint(out / CHECKPOINT_NAME)["config"])
+    else:
+        cfg = get_preset(args.preset or DEFAULT_PRESET)
+    if args.steps is not None:
+        cfg = override(cfg, "train.max_steps", args.steps)
+    if args.data_root is not None:
+        cfg = override(cfg, "data.root", args.data_root)
+    for assignment in args.set:
+        cfg = _apply_setting(cfg, assignment)
+    history = train(cfg, out, resume=args.resume, device=args.device)
+    last_step = history.steps[-1]["step"] if history.steps else 0
+    if last_step < cfg.train.max_steps:
+        print(f"stopped at step {last_step} of {cfg.train.max_steps}; checkpoint {out / CHECKPOINT_NAME}")
+        print(f"resume with: python -m mnc_teach train --out {out} --resume")
+    else:
+        print(f"done: {out / CHECKPOINT_NAME} (step {last_step}), loss curves in {out / HISTORY_NAME}")
+        print(f"predict with: python -m mnc_teach predict --checkpoint {out / CHECKPOINT_NAME} "
+              f"--dataset-root {cfg.data.root} --split {cfg.data.val_split} --out {out / 'predictions.json'}")  # fmt: skip
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mnc_teach.data.transforms import ResizeShortestSide
+    from mnc_teach.data.voc import VOCInstanceSegmentation
+    from mnc_teach.predictions import save_predictions
+    from mnc_teach.train import load_model, predict
+
+    model, cfg = load_model(args.checkpoint, device=args.device)
+    resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)  # the scale the model was trained at
+    dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format, transforms=resize)
+    if dataset.num_classes != cfg.num_classes:
+        raise ValueError(f"{args.checkpoint} predicts {cfg.num_classes} classes but {dataset.root} has "
+                         f"{dataset.num_classes} ({', '.join(dataset.class_names[1:])}); is it the right dataset?")  # fmt: skip
+    results = predict(model, dataset)
+    save_predictions(results, args.out)
+    print(f"wrote {len(results)} detections on {len(dataset)} images to {args.out}")
+    print(f"evaluate with: python -m mnc_teach evaluate --dataset-root {args.dataset_root} --format {args.format} "
+          f"--split {args.split} --predictions {args.out}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mnc_teach", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -93,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", required=True, help="COCO results JSON (list of {image_id, category_id, segmentation, score})")
     evaluate.add_argument("--json", default=None, metavar="OUT", help="also write the numbers to this JSON file")
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    train = commands.add_parser("train", help="train MNC (Ctrl-C: checkpoint and stop; --resume continues)")
+    train.add_argument("--preset", choices=list(PRESETS), default=None,
+                       help=f"default: {DEFAULT_PRESET}; with --resume: the checkpoint's settings")  # fmt: skip
+    train.add_argument("--out", required=True, help="run folder: checkpoint.pt and history.json go there")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--steps", type=int, default=None, help="optimiser steps in total (train.max_steps)")
+    train.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    train.add_argument("--data-root", default=None, help="dataset folder (data.root)")
+    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="change a setting of mnc_teach/config.py, e.g. --set train.lr=0.01 (repeatable)")  # fmt: skip
+    train.set_defaults(run=_cmd_train)
+
+    predict = commands.add_parser("predict", help="predictions of a checkpoint as COCO results JSON")
+    predict.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `train`")
+    predict.add_argument("--dataset-root", required=True, help="VOC 2012 / SBD / shapes dataset folder")
+    predict.add_argument("--format", choices=["voc", "sbd"], default="voc", help="annotation format (default: voc)")
+    predict.add_argument("--split", default="val", help="image list to predict (default: val)")
+    predict.add_argument("--out", required=True, help="COCO results JSON to write")
+    predict.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    predict.set_defaults(run=_cmd_predict)
     return parser
 
 
@@ -100,10 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        # Expected user errors (missing data, bad files, failed downloads) get one clear line, not a traceback.
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError) as error:
+        # Expected user errors (missing data, bad files, failed downloads, a diverged run) get one clear line.
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

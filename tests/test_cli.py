@@ -1,19 +1,26 @@
-"""`python -m mnc_teach` commands end to end: shapes, download (offline path), evaluate."""
+"""`python -m mnc_teach` commands end to end: shapes, download (offline path), evaluate, train, predict.
+
+train and predict run with test_train's FakeMNC in place of build_mnc, so they take seconds.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_train import FakeMNC, fake_model
 
+from mnc_teach import train as train_module
 from mnc_teach.cli import main
 from mnc_teach.data.voc import VOCInstanceSegmentation
 from mnc_teach.evaluate import evaluate_predictions
-from mnc_teach.predictions import encode_mask, save_predictions
+from mnc_teach.predictions import encode_mask, load_predictions, save_predictions
+from mnc_teach.train import TrainHistory, load_checkpoint
 
 SMALL = ["--train", "6", "--val", "4", "--image-size", "64"]
 
@@ -42,7 +49,7 @@ def test_shapes_fingerprint_depends_only_on_the_seed(tmp_path: Path, capsys: pyt
 
 
 def test_module_entry_point_has_help_for_every_command() -> None:
-    for command in ("shapes", "download", "evaluate"):
+    for command in ("shapes", "download", "evaluate", "train", "predict"):
         result = subprocess.run(
             [sys.executable, "-m", "mnc_teach", command, "--help"], capture_output=True, text=True, check=True
         )
@@ -117,3 +124,95 @@ def test_evaluate_names_the_file_for_an_unknown_image_id(shapes_root: Path, tmp_
     assert main([*argv, "--predictions", str(tmp_path / "preds.json")]) == 1
     err = capsys.readouterr().err
     assert str(tmp_path / "preds.json") in err and "entry 0" in err and "train_000000" in err
+
+
+@pytest.fixture
+def fake_build_mnc(monkeypatch: pytest.MonkeyPatch) -> list:
+    """build_mnc replaced by FakeMNC; returns the models it built."""
+    built = []
+
+    def build(cfg):
+        built.append(fake_model())
+        return built[-1]
+
+    monkeypatch.setattr(train_module, "_build_model", build)
+    return built
+
+
+def _train_argv(out: Path, shapes_root: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "shapes-cpu", "--out", str(out), "--data-root", str(shapes_root), "--device", "cpu",
+            "--set", "train.images_per_batch=2", "--set", "train.log_every=1", *extra]  # fmt: skip
+
+
+def test_train_resume_predict_evaluate(shapes_root: Path, tmp_path: Path, capsys, fake_build_mnc) -> None:
+    out = tmp_path / "run"
+    assert main(_train_argv(out, shapes_root, "--steps", "3", "--set", "train.val_every=2", "--set", "data.flip=false")) == 0
+    printed = capsys.readouterr().out
+    assert "done:" in printed and "step 3/3" in printed and "python -m mnc_teach predict" in printed
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["step"] == 3
+    assert checkpoint["config"]["data"]["root"] == str(shapes_root) and checkpoint["config"]["data"]["flip"] is False
+    assert checkpoint["config"]["train"]["images_per_batch"] == 2 and checkpoint["config"]["train"]["lr"] == 0.02
+
+    # --resume without --preset continues with the checkpoint's settings
+    assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--device", "cpu"]) == 0
+    history = TrainHistory.load(out / "history.json")
+    assert [e["step"] for e in history.steps] == [1, 2, 3, 4, 5] and [e["step"] for e in history.val] == [2, 4]
+
+    preds = tmp_path / "preds.json"
+    argv = ["predict", "--checkpoint", str(out / "checkpoint.pt"), "--dataset-root", str(shapes_root), "--out", str(preds)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert "python -m mnc_teach evaluate" in capsys.readouterr().out
+    dataset = VOCInstanceSegmentation(shapes_root, split="val")
+    results = load_predictions(preds, set(dataset.image_ids), dataset.num_classes)
+    assert sorted(r["image_id"] for r in results) == sorted(dataset.image_ids)  # FakeMNC: one detection per image
+    assert all(r["segmentation"]["size"] == [64, 64] for r in results)
+    assert main(["evaluate", "--dataset-root", str(shapes_root), "--predictions", str(preds)]) == 0
+    assert "mAP^r@0.5" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(shapes_root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    class InterruptedMNC(FakeMNC):
+        def forward(self, images, targets=None):
+            if self.training and self.calls == 1:  # during step 2, as if the user pressed Ctrl-C
+                signal.raise_signal(signal.SIGINT)
+            return super().forward(images, targets)
+
+    monkeypatch.setattr(train_module, "_build_model", lambda cfg: InterruptedMNC())
+    out = tmp_path / "run"
+    assert main(_train_argv(out, shapes_root, "--steps", "50", "--set", "train.accumulate=1")) == 0
+    printed = capsys.readouterr().out
+    assert "interrupt: stopping after this step" in printed
+    assert f"resume with: python -m mnc_teach train --out {out} --resume" in printed
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "train.lr=fast"], "--set train.lr: expected a float like 0.02, got 'fast'"),
+        (["--set", "train.speed=1"], "--set 'train.speed=1': expected NAME=VALUE"),
+        (["--set", "train.lr"], "expected NAME=VALUE"),
+        (["--set", "train.images_per_batch=20"], "fewer than one step's 20 x 1"),
+    ],
+)
+def test_train_user_errors_are_one_line(shapes_root: Path, tmp_path: Path, capsys, fake_build_mnc, extra, message) -> None:
+    assert main([*_train_argv(tmp_path / "run", shapes_root, "--steps", "1"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_train_refuses_to_overwrite_a_run_and_names_missing_data(shapes_root: Path, tmp_path: Path, capsys, fake_build_mnc) -> None:
+    out = tmp_path / "run"
+    assert main(_train_argv(out, shapes_root, "--steps", "1")) == 0
+    capsys.readouterr()
+    assert main(_train_argv(out, shapes_root, "--steps", "1")) == 1
+    assert "--resume" in capsys.readouterr().err
+    argv = ["train", "--preset", "voc-vgg16-paper", "--out", str(tmp_path / "voc"), "--data-root", str(tmp_path / "none")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no SBD folder" in err and "download sbd" in err and "--data-root" in err
+    assert main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), "--dataset-root", str(shapes_root),
+                 "--out", str(tmp_path / "p.json")]) == 1  # fmt: skip
+    assert "missing.pt" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""The live training dashboard driven from Python: curves, sample predictions, Stop (also from
+another thread while training runs in the background), the printed fallback, plot_history."""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import DATASETS, FakeInstances, fake_model, small_config
+
+from mnc_teach import viz
+from mnc_teach.dashboard import MAX_POINTS, TrainingDashboard, has_widget_frontend, plot_history
+from mnc_teach.train import TrainHistory, TrainState, load_checkpoint, make_optimizer, train
+
+TERMS = ("loss_a", "loss_b", "loss_c")
+
+
+def lines(fig, prefix: str) -> dict[str, list]:
+    """gid -> x data of the lines whose gid starts with ``prefix``."""
+    return {line.get_gid(): list(line.get_xdata()) for ax in fig.axes for line in ax.lines
+            if (line.get_gid() or "").startswith(prefix)}  # fmt: skip
+
+
+def fake_state(tmp_path: Path, max_steps: int = 100) -> TrainState:
+    model = fake_model()
+    optimizer = make_optimizer(model, small_config().train)
+    return TrainState(
+        cfg=small_config(), model=model, optimizer=optimizer, device=torch.device("cpu"), out_dir=tmp_path,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), history=TrainHistory(),
+        scaler=torch.amp.GradScaler("cpu", enabled=False), max_steps=max_steps,
+    )  # fmt: skip
+
+
+def feed_steps(dashboard: TrainingDashboard, state: TrainState, count: int) -> None:
+    for _ in range(count):
+        state.step += 1
+        state.losses = {term: 1.0 / (state.step + k) for k, term in enumerate(TERMS)}
+        state.losses["total"] = sum(state.losses.values())
+        state.lr, state.images_per_s, state.elapsed_s = 0.01 * 0.99**state.step, 8.0, state.step * 0.5
+        state.history.steps.append({"step": state.step, **state.losses, "lr": state.lr, "images_per_s": 8.0})
+        dashboard.on_step_end(state)
+
+
+def test_curves_have_one_line_per_term_with_every_step(tmp_path: Path) -> None:
+    dashboard = TrainingDashboard(refresh_every=10, frontend=True)
+    state = fake_state(tmp_path)
+    dashboard.on_train_start(state)
+    feed_steps(dashboard, state, 25)
+    drawn = lines(dashboard.loss_figure, "train-")
+    assert sorted(drawn) == sorted(f"train-{t}" for t in (*TERMS, "total"))
+    assert all(xs == list(range(1, 21)) for xs in drawn.values())  # last redraw at step 20
+    assert dashboard.loss_figure.axes[0].get_yscale() == "log"
+
+    dashboard.refresh()
+    assert all(xs == list(range(1, 26)) for xs in lines(dashboard.loss_figure, "train-").values())
+    (lr_line,) = [line for line in dashboard.loss_figure.axes[1].lines if line.get_gid() == "lr"]
+    assert list(lr_line.get_ydata()) == pytest.approx([0.01 * 0.99**s for s in range(1, 26)])
+    assert bytes(dashboard.loss_image.value).startswith(b"\x89PNG")
+    assert "step 25/100" in dashboard.status.value and "8.0 img/s" in dashboard.status.value
+    assert "ETA 0m37s" in dashboard.status.value  # 75 steps left at 0.5 s per step
+
+    state.val_losses = {"loss_a": 0.5, "loss_b": 0.4, "loss_c": 0.3, "total": 1.2}
+    state.history.val.append({"step": 25, **state.val_losses})
+    dashboard.on_validation(state)
+    assert lines(dashboard.loss_figure, "val-") == {f"val-{t}": [25] for t in (*TERMS, "total")}
+
+
+def test_long_runs_are_thinned_for_drawing(tmp_path: Path) -> None:
+    history = TrainHistory(steps=[{"step": s, "loss_a": 1.0, "total": 1.0, "lr": 0.1} for s in range(1, 5001)])
+    drawn = lines(plot_history(history), "train-")
+    assert all(len(xs) <= MAX_POINTS + 1 and xs[0] == 1 and xs[-1] == 5000 for xs in drawn.values())
+
+
+def test_sample_predictions_restore_train_mode_and_rng(tmp_path: Path) -> None:
+    image, target = FakeInstances(1)[0]
+    dashboard = TrainingDashboard(sample=(image, target), class_names=FakeInstances.class_names, frontend=True)
+    state = fake_state(tmp_path)
+    rng_before = torch.get_rng_state()
+    dashboard.on_train_start(state)
+    assert state.model.training and torch.equal(torch.get_rng_state(), rng_before)
+    state.model.eval()
+    score = float(state.model([image])[0][0]["scores"][0])
+    state.model.train()
+    ground_truth, predicted = 1, int(score >= 0.5)
+    assert viz.count_artists(dashboard.sample_figure, viz.GID_BOX) == ground_truth + predicted
+    assert bytes(dashboard.sample_image.value).startswith(b"\x89PNG")
+
+
+def test_stop_button_ends_training_with_a_checkpoint(tmp_path: Path) -> None:
+    dashboard = TrainingDashboard(refresh_every=1000, frontend=True)  # drawn at the start and the end
+
+    class ClickAtThree:
+        def on_step_end(self, state) -> None:
+            if state.step == 3:
+                dashboard.stop_button.click()
+
+    history = train(small_config(val_every=0), tmp_path, callbacks=[ClickAtThree(), dashboard],
+                    model=fake_model(), datasets=DATASETS)  # fmt: skip
+    assert [e["step"] for e in history.steps] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+    assert dashboard.stop_button.disabled and "stopped" in dashboard.status.value
+
+
+def test_stop_click_from_another_thread_while_training_runs_in_the_background(tmp_path: Path) -> None:
+    dashboard = TrainingDashboard(refresh_every=1000, frontend=True)  # drawn once, at the start
+    run = dashboard.run_in_background(small_config(max_steps=5000, val_every=0), tmp_path,
+                                      model=fake_model(delay_s=0.002), datasets=DATASETS)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while (dashboard.last_state is None or dashboard.last_state.step < 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not run.done and run.join(timeout=0) is None
+    dashboard.stop_button.click()  # what the kernel does when the button is clicked
+    history = run.join(timeout=30)
+    assert run.done and 3 <= len(history.steps) < 5000
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == history.steps[-1]["step"]
+
+
+def test_background_errors_reach_join_and_the_status_line(tmp_path: Path) -> None:
+    dashboard = TrainingDashboard(frontend=True)
+    run = dashboard.run_in_background(small_config(accumulate=1, val_every=0), tmp_path,
+                                      model=fake_model(nan_at_call=2), datasets=DATASETS)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="step 2: loss_b is nan"):
+        run.join(timeout=30)
+    assert "failed: FloatingPointError" in dashboard.status.value
+
+
+def test_without_frontend_it_prints_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert not has_widget_frontend()  # plain python under pytest
+    dashboard = TrainingDashboard(sample=FakeInstances(1)[0])
+    train(small_config(max_steps=4, val_every=0), tmp_path, callbacks=[dashboard], model=fake_model(), datasets=DATASETS)
+    out = capsys.readouterr().out
+    assert "step 2/4" in out and "step 4/4" in out and "finished at step 4" in out
+    assert dashboard.loss_figure is None and dashboard.sample_figure is None  # nothing drawn
+
+    # no button to keep responsive: "in the background" runs in this thread, so the lines land in the cell
+    run = dashboard.run_in_background(small_config(max_steps=6, val_every=0), tmp_path, resume=True,
+                                      model=fake_model(), datasets=DATASETS)  # fmt: skip
+    assert run.done and [e["step"] for e in run.join(timeout=0).steps] == list(range(1, 7))
+    assert "step 6/6" in capsys.readouterr().out
+
+
+def test_plot_history_of_a_saved_run(tmp_path: Path) -> None:
+    history = train(small_config(max_steps=6, val_every=3), tmp_path, callbacks=(), model=fake_model(), datasets=DATASETS)
+    fig = plot_history(tmp_path / "history.json")
+    assert lines(fig, "train-") == {f"train-{t}": list(range(1, 7)) for t in ("loss_a", "loss_b", "total")}
+    assert lines(fig, "val-") == {f"val-{t}": [3, 6] for t in ("loss_a", "loss_b", "total")}
+    assert lines(plot_history(history.to_dict()), "") == lines(fig, "")
+
+
+def test_widget_frontend_means_a_kernel_started_by_a_notebook_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    class ZMQInteractiveShell:  # the shell class of an ipykernel kernel
+        pass
+
+    fake_ipython = types.ModuleType("IPython")
+    fake_ipython.get_ipython = ZMQInteractiveShell
+    monkeypatch.setitem(sys.modules, "IPython", fake_ipython)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.delenv("VSCODE_PID", raising=False)
+    assert not has_widget_frontend()  # a kernel, but headless (nbclient)
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/06_cascade_end_to_end.ipynb")  # set by Jupyter Server
+    assert has_widget_frontend()
+    fake_ipython.get_ipython = lambda: None  # IPython imported, but no kernel running
+    assert not has_widget_frontend()
