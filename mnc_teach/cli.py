@@ -131,7 +131,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mnc_teach.data.transforms import ResizeShortestSide
     from mnc_teach.data.voc import VOCInstanceSegmentation
     from mnc_teach.predictions import save_predictions
-    from mnc_teach.train import load_model, predict
+    from mnc_teach.train import cpu_threads, load_model, predict
 
     model, cfg = load_model(args.checkpoint, device=args.device)
     resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)  # the scale the model was trained at
@@ -139,7 +139,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if dataset.num_classes != cfg.num_classes:
         raise ValueError(f"{args.checkpoint} predicts {cfg.num_classes} classes but {dataset.root} has "
                          f"{dataset.num_classes} ({', '.join(dataset.class_names[1:])}); is it the right dataset?")  # fmt: skip
-    results = predict(model, dataset)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    with cpu_threads(cfg.train.cpu_threads if on_cpu else None):  # the threads the model trained fastest with
+        results = predict(model, dataset)
     save_predictions(results, args.out)
     print(f"wrote {len(results)} detections on {len(dataset)} images to {args.out}")
     print(f"evaluate with: python -m mnc_teach evaluate --dataset-root {args.dataset_root} --format {args.format} "

@@ -47,7 +47,7 @@ from mnc_teach.fileio import write_text_atomically
 
 __all__ = [
     "Callback", "ProgressPrinter", "TrainHistory", "TrainState", "build_datasets", "epoch_order",
-    "load_checkpoint", "load_model", "lr_factor", "make_optimizer", "predict", "save_checkpoint", "train",
+    "cpu_threads", "load_checkpoint", "load_model", "lr_factor", "make_optimizer", "predict", "save_checkpoint", "train",
     "train_one_epoch", "train_one_step", "validation_losses",
 ]  # fmt: skip
 
@@ -532,6 +532,30 @@ def train(
     callbacks = [ProgressPrinter()] if callbacks is None else list(callbacks)
     model.train()
     _call(callbacks, "on_train_start", state)
+    with cpu_threads(t.cpu_threads if device.type == "cpu" else None):
+        _run(state, callbacks, train_ds, val_ds, steps_per_epoch, checkpoint_path)
+    if state.checkpoint_step != state.step:
+        save_checkpoint(state)
+    _call(callbacks, "on_train_end", state)
+    return state.history
+
+
+@contextmanager
+def cpu_threads(num_threads: int | None):
+    """Use ``num_threads`` torch intra-op threads inside the block (None: leave them), then restore."""
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(state: TrainState, callbacks: list, train_ds: Dataset, val_ds: Dataset | None, steps_per_epoch: int,
+         checkpoint_path: Path) -> None:  # fmt: skip
+    """The epochs of :func:`train`, with Ctrl-C handling and a clear message on a non-finite loss."""
+    cfg = state.cfg
     try:
         with _stop_on_interrupt(state):
             while state.step < state.max_steps and not state.stop_requested:
@@ -542,10 +566,6 @@ def train(
         kept = (f"the last good checkpoint {checkpoint_path} (step {state.checkpoint_step}) is kept"
                 if state.checkpoint_step >= 0 else "no checkpoint was written yet")  # fmt: skip
         raise FloatingPointError(f"{error}; {kept}. Lower train.lr or set train.grad_clip_norm") from None
-    if state.checkpoint_step != state.step:
-        save_checkpoint(state)
-    _call(callbacks, "on_train_end", state)
-    return state.history
 
 
 def load_model(checkpoint_path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:

@@ -17,6 +17,7 @@ from test_train import FakeMNC, fake_model
 
 from mnc_teach import train as train_module
 from mnc_teach.cli import main
+from mnc_teach.config import shapes_cpu
 from mnc_teach.data.voc import VOCInstanceSegmentation
 from mnc_teach.evaluate import evaluate_predictions
 from mnc_teach.predictions import encode_mask, load_predictions, save_predictions
@@ -152,7 +153,7 @@ def test_train_resume_predict_evaluate(shapes_root: Path, tmp_path: Path, capsys
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert checkpoint["step"] == 3
     assert checkpoint["config"]["data"]["root"] == str(shapes_root) and checkpoint["config"]["data"]["flip"] is False
-    assert checkpoint["config"]["train"]["images_per_batch"] == 2 and checkpoint["config"]["train"]["lr"] == 0.02
+    assert checkpoint["config"]["train"]["images_per_batch"] == 2 and checkpoint["config"]["train"]["lr"] == shapes_cpu().train.lr
 
     # --resume without --preset continues with the checkpoint's settings
     assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--device", "cpu"]) == 0
@@ -191,7 +192,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(shapes_root: Path, tmp
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--set", "train.lr=fast"], "--set train.lr: expected a float like 0.02, got 'fast'"),
+        (["--set", "train.lr=fast"], "--set train.lr: expected a float like 0.001, got 'fast'"),
         (["--set", "train.speed=1"], "--set 'train.speed=1': expected NAME=VALUE"),
         (["--set", "train.lr"], "expected NAME=VALUE"),
         (["--set", "train.images_per_batch=20"], "fewer than one step's 20 x 1"),
