@@ -33,6 +33,7 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "override",
+    "shortened",
     "shapes_cpu",
     "voc_vgg16_paper",
     "voc_resnet50",
@@ -192,6 +193,20 @@ def override(cfg: MNCConfig, dotted_name: str, value: Any) -> MNCConfig:
     if rest:
         return dataclasses.replace(cfg, **{head: override(getattr(cfg, head), rest, value)})
     return dataclasses.replace(cfg, **{head: value})
+
+
+def shortened(cfg: MNCConfig, steps: int) -> MNCConfig:
+    """``cfg`` trained for ``steps`` optimiser steps (at most its own ``max_steps``): the lr drops
+    and the warm-up scaled by ``steps / max_steps``, a checkpoint at the end, at most three
+    validations. Notebooks and benchmarks use it for short runs of a preset."""
+    t = cfg.train
+    steps = min(steps, t.max_steps)
+    scale = steps / t.max_steps
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        t, max_steps=steps, lr_steps=tuple(max(1, round(s * scale)) for s in t.lr_steps),
+        warmup_steps=round(t.warmup_steps * scale), checkpoint_every=steps,
+        val_every=max(1, steps // 3) if t.val_every else 0, log_every=max(1, min(t.log_every, steps // 4)),
+    ))  # fmt: skip
 
 
 def shapes_cpu() -> MNCConfig:

@@ -338,9 +338,17 @@ class BackgroundTraining:
         return self.history
 
     def join(self, timeout: float | None = None) -> TrainHistory | None:
-        """Wait for the end (at most ``timeout`` seconds); the history, or None if still running."""
+        """Wait for the end (at most ``timeout`` seconds); the history, or None if still running.
+
+        Interrupting the wait (Ctrl-C, Jupyter's stop button) stops the training cleanly, with a
+        checkpoint, instead of leaving it running unseen in its thread."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            try:
+                self._thread.join(timeout)
+            except KeyboardInterrupt:
+                print("interrupted: stopping the training after this step (a checkpoint is written)")
+                self.stop()
+                self._thread.join()
         return self.result if self.done else None
 
 

@@ -165,3 +165,26 @@ def test_widget_frontend_means_a_kernel_started_by_a_notebook_server(monkeypatch
     assert has_widget_frontend()
     fake_ipython.get_ipython = lambda: None  # IPython imported, but no kernel running
     assert not has_widget_frontend()
+
+
+def test_interrupting_join_stops_the_background_run_with_a_checkpoint(tmp_path: Path) -> None:
+    """Jupyter's stop button raises KeyboardInterrupt in the cell waiting in join(): the run must
+    end cleanly instead of going on unseen in its thread."""
+    dashboard = TrainingDashboard(refresh_every=1000, frontend=True)
+    run = dashboard.run_in_background(small_config(max_steps=5000, val_every=0), tmp_path,
+                                      model=fake_model(delay_s=0.002), datasets=DATASETS)  # fmt: skip
+    thread_join = run._thread.join
+    calls = []
+
+    def interrupted_once(timeout=None):
+        calls.append(timeout)
+        if len(calls) == 1:
+            while dashboard.last_state is None or dashboard.last_state.step < 3:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        thread_join(timeout)
+
+    run._thread.join = interrupted_once
+    history = run.join()
+    assert run.done and 3 <= len(history.steps) < 5000
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == history.steps[-1]["step"]
