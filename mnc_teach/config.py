@@ -111,9 +111,9 @@ class InferenceConfig:
 @dataclass
 class DataConfig:
     dataset: str = "voc"  # "shapes" (VOC layout, generated) or "voc" / "sbd"
-    root: str = "data/voc"
-    train_split: str = "train"
-    val_split: str = "val"
+    root: str = "data"  # holds benchmark_RELEASE/ (SBD), see `python -m mnc_teach download sbd --root data`
+    train_split: str = "mnc_train"  # MNC's SBD re-split: 5,623 images [code VOCdevkitSDS/train.txt]
+    val_split: str = "mnc_val"  # 5,732 images [code]; make them with data.voc.make_mnc_split
     format: str = "sbd"  # annotation format for "voc"/"sbd": "voc" (PNGs) or "sbd" (.mat) [code: SBD]
     min_size: int = 600  # short side [paper; code TRAIN.SCALES]
     max_size: int = 1000  # [code MAX_SIZE]

@@ -354,3 +354,22 @@ def test_real_mnc_resumes_exactly_and_predicts(tiny_shapes: Path, tmp_path: Path
     val = VOCInstanceSegmentation(tiny_shapes, split="val")
     results = predict(model, torch.utils.data.Subset(val, [0]), progress=False)
     assert results and all(r["image_id"] == val.image_ids[0] and r["segmentation"]["size"] == [64, 64] for r in results)
+
+
+@pytest.mark.parametrize("preset", ["voc-vgg16-paper", "voc-resnet50"])
+def test_paper_presets_read_mncs_sbd_split(tmp_path: Path, preset: str) -> None:
+    """The VOC presets train on MNC's re-split of SBD (mnc_train / mnc_val), resized to 600 / 1000."""
+    from voc_fixtures import build_sbd, build_voc
+
+    from mnc_teach.config import get_preset, override
+    from mnc_teach.data.voc import make_mnc_split
+
+    voc, sbd = build_voc(tmp_path), build_sbd(tmp_path)
+    make_mnc_split(sbd.root, voc.root)
+    cfg = override(get_preset(preset), "data.root", str(sbd.root))
+    train_set, val_set = build_datasets(cfg)
+    assert (train_set.split, val_set.split, train_set.format) == ("mnc_train", "mnc_val", "sbd")
+    assert len(train_set) == len(val_set) == 3 and train_set.num_classes == cfg.num_classes == 20
+    image, target = train_set[0]
+    assert min(image.shape[-2:]) == 600 or max(image.shape[-2:]) == 1000
+    assert target["masks"].shape[-2:] == image.shape[-2:]
