@@ -241,7 +241,8 @@ def shapes_cpu() -> MNCConfig:
         mask=MaskHeadConfig(mask_size=28, hidden_dim=256),
         classifier=ClassifierConfig(fc_dim=256, pathway_pool=1),
         inference=InferenceConfig(),
-        data=DataConfig(dataset="shapes", root="data/shapes", format="voc", min_size=128, max_size=128, num_workers=0),
+        data=DataConfig(dataset="shapes", root="data/shapes", train_split="train", val_split="val", format="voc",
+                        min_size=128, max_size=128, num_workers=0),
         train=TrainConfig(
             seed=0,
             images_per_batch=8,
