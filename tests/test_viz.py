@@ -19,12 +19,6 @@ from mnc_teach import viz  # noqa: E402
 CLASS_NAMES = ("background", "circle", "square", "triangle")
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 def make_target(height: int = 40, width: int = 50) -> dict:
     """Three rectangular instances with hand-known boxes, and a void band around the first."""
     masks = torch.zeros((3, height, width), dtype=torch.uint8)

@@ -26,12 +26,6 @@ from mnc_teach.viz_inference import (
 )
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 def _rects(fig, gid: str) -> list[Rectangle]:
     return [a for ax in fig.axes for a in ax.get_children() if isinstance(a, Rectangle) and a.get_gid() == gid]
 
