@@ -174,19 +174,20 @@ def test_train_resume_predict_evaluate(shapes_root: Path, tmp_path: Path, capsys
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(shapes_root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     class InterruptedMNC(FakeMNC):
-        def forward(self, images, targets=None):
+        def forward(self, images, targets=None, detect=None):
             if self.training and self.calls == 1:  # during step 2, as if the user pressed Ctrl-C
                 signal.raise_signal(signal.SIGINT)
-            return super().forward(images, targets)
+            return super().forward(images, targets, detect)
 
     monkeypatch.setattr(train_module, "_build_model", lambda cfg: InterruptedMNC())
     out = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run in the background (nohup, &)
     assert main(_train_argv(out, shapes_root, "--steps", "50", "--set", "train.accumulate=1")) == 0
     printed = capsys.readouterr().out
     assert "interrupt: stopping after this step" in printed
     assert f"resume with: python -m mnc_teach train --out {out} --resume" in printed
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # restored
 
 
 @pytest.mark.parametrize(
