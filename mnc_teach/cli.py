@@ -101,8 +101,9 @@ def _apply_setting(cfg, assignment: str):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, load_checkpoint
     from mnc_teach.config import MNCConfig, get_preset, override
-    from mnc_teach.train import CHECKPOINT_NAME, HISTORY_NAME, load_checkpoint, train
+    from mnc_teach.train import train
 
     out = Path(args.out)
     if args.resume and args.preset is None:  # the checkpoint's own settings

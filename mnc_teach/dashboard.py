@@ -35,8 +35,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from mnc_teach import viz
+from mnc_teach.checkpoint import TrainHistory
 from mnc_teach.config import MNCConfig
-from mnc_teach.train import ProgressPrinter, TrainHistory, TrainState, format_seconds, train
+from mnc_teach.train import ProgressPrinter, TrainState, format_seconds, train
 
 __all__ = ["BackgroundTraining", "TrainingDashboard", "draw_history", "has_widget_frontend", "plot_history",
            "train_in_background"]  # fmt: skip

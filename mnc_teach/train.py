@@ -19,11 +19,8 @@ interrupt) does the same when training runs in the main thread; a second Ctrl-C 
 from __future__ import annotations
 
 import bisect
-import json
 import os
-import random
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,54 +36,27 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mnc_teach.checkpoint import (
+    CHECKPOINT_NAME,
+    TrainHistory,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
 from mnc_teach.config import MNCConfig, TrainConfig, override
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.data.transforms import RandomHorizontalFlip, ResizeShortestSide, collate
 from mnc_teach.data.voc import VOCInstanceSegmentation
-from mnc_teach.fileio import write_text_atomically
 
 __all__ = [
-    "Callback", "ProgressPrinter", "TrainHistory", "TrainState", "build_datasets", "epoch_order",
-    "cpu_threads", "load_checkpoint", "load_model", "lr_factor", "make_optimizer", "predict", "save_checkpoint", "train",
+    "Callback", "ProgressPrinter", "TrainState", "build_datasets", "epoch_order",
+    "cpu_threads", "load_model", "lr_factor", "make_optimizer", "predict", "train",
     "train_one_epoch", "train_one_step", "validation_losses",
 ]  # fmt: skip
 
-CHECKPOINT_NAME = "checkpoint.pt"
-HISTORY_NAME = "history.json"
 FLIP_PROBABILITY = 0.5  # MNC trains on every image and its mirror (TRAIN.USE_FLIPPED, MNC_SPEC §7)
 MAX_VAL_IMAGES = 50  # validation losses use the first 50 val images (an eval forward also runs detection)
-# Settings a resumed run may change; anything else must match the checkpoint's config.
-RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.log_every", "train.val_every",
-                     "data.root", "data.num_workers"}  # fmt: skip
-
-
-@dataclass
-class TrainHistory:
-    """What a run measured. ``steps``: one dict per optimiser step with ``step``, every loss
-    term, ``total``, ``lr`` and ``images_per_s``; ``val``: one dict per validation with
-    ``step``, every loss term and ``total``. Saved as ``history.json`` next to the checkpoint."""
-
-    steps: list[dict[str, float]] = field(default_factory=list)
-    val: list[dict[str, float]] = field(default_factory=list)
-
-    def terms(self) -> list[str]:
-        """Loss term names (``loss_*``) in the order they first appear."""
-        names = {key: None for entry in self.steps + self.val for key in entry if key.startswith("loss_")}
-        return list(names)
-
-    def to_dict(self) -> dict[str, list[dict[str, float]]]:
-        return {"steps": self.steps, "val": self.val}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainHistory:
-        return cls(steps=list(values.get("steps", [])), val=list(values.get("val", [])))
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_text_atomically(path, json.dumps(self.to_dict()))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainHistory:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass
@@ -347,101 +317,6 @@ def validation_losses(model: nn.Module, dataset: Dataset, *, device: torch.devic
     return {**means, "total": sum(means.values())}
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _rng_states() -> dict[str, Any]:
-    """Every RNG the run draws from, as tensors and plain values (loadable with ``weights_only=True``).
-    The data order and flips need no state: they are a function of ``(seed, step)``."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
-    }  # fmt: skip
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    n, p = states["numpy"], states["python"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # CPU and every CUDA device
-
-
-def save_checkpoint(state: TrainState) -> Path:
-    """Write ``out_dir/checkpoint.pt`` atomically (temp file + ``os.replace``), then ``history.json``."""
-    checkpoint = {
-        "step": state.step, "config": state.cfg.to_dict(), "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-        "scaler": state.scaler.state_dict(), "rng": _rng_states(), "history": state.history.to_dict(),
-    }  # fmt: skip
-    path = state.checkpoint_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    state.history.save(state.out_dir / HISTORY_NAME)
-    state.checkpoint_step = state.step
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and plain values only)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}; train one with `python -m mnc_teach train --out {path.parent}`")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
-        raise ValueError(f"cannot read checkpoint {path} ({error}); it is corrupt or not an mnc_teach checkpoint") from error
-
-
-def _changed_settings(new: dict, old: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the config values that differ (tuples and lists compare equal)."""
-    changed = []
-    for key in sorted(new.keys() | old.keys()):
-        a, b = new.get(key), old.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_settings(a, b, f"{prefix}{key}.")
-        elif json.dumps(a) != json.dumps(b):
-            changed.append(f"{prefix}{key}")
-    return changed
-
-
-def _restore(state: TrainState, checkpoint: dict[str, Any]) -> None:
-    """Put model, optimiser, scheduler, scaler, step, history and RNG states back as they were saved."""
-    changed = [k for k in _changed_settings(state.cfg.to_dict(), checkpoint["config"]) if k not in RESUMABLE_CHANGES]
-    if changed:
-        raise ValueError(
-            f"{state.checkpoint_path} was trained with other settings ({', '.join(changed)}); resume with the "
-            "checkpoint's config (MNCConfig.from_dict(load_checkpoint(path)['config'])), or train into a new folder"
-        )
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    state.scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint["scaler"] and state.scaler.is_enabled():  # a CPU run saves an empty (disabled) scaler
-        state.scaler.load_state_dict(checkpoint["scaler"])
-    state.step = state.start_step = state.checkpoint_step = checkpoint["step"]
-    state.history = TrainHistory.from_dict(checkpoint["history"])
-    _set_rng_states(checkpoint["rng"])
-
-
 @contextmanager
 def _stop_on_interrupt(state: TrainState):
     """In the main thread, the first Ctrl-C requests a clean stop; the second one aborts."""
@@ -519,7 +394,7 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {len(train_ds)} images, fewer than one step's "
                          f"{t.images_per_batch} x {t.accumulate}; lower train.images_per_batch or train.accumulate")  # fmt: skip
-    _seed_everything(t.seed)  # before the model is built: same seed, same initial weights
+    seed_everything(t.seed)  # before the model is built: same seed, same initial weights
     model = (model if model is not None else _build_model(cfg)).to(device)
     optimizer = make_optimizer(model, t)
     state = TrainState(
@@ -528,7 +403,7 @@ def train(
         scaler=torch.amp.GradScaler(device.type, enabled=t.amp and device.type == "cuda"), max_steps=t.max_steps,
     )  # fmt: skip
     if resume:
-        _restore(state, load_checkpoint(checkpoint_path))
+        restore_checkpoint(state, load_checkpoint(checkpoint_path))
     callbacks = [ProgressPrinter()] if callbacks is None else list(callbacks)
     model.train()
     _call(callbacks, "on_train_start", state)

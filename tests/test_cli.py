@@ -16,12 +16,12 @@ import pytest
 from test_train import FakeMNC, fake_model
 
 from mnc_teach import train as train_module
+from mnc_teach.checkpoint import TrainHistory, load_checkpoint
 from mnc_teach.cli import main
 from mnc_teach.config import shapes_cpu
 from mnc_teach.data.voc import VOCInstanceSegmentation
 from mnc_teach.evaluate import evaluate_predictions
 from mnc_teach.predictions import encode_mask, load_predictions, save_predictions
-from mnc_teach.train import TrainHistory, load_checkpoint
 
 SMALL = ["--train", "6", "--val", "4", "--image-size", "64"]
 

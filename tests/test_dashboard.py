@@ -13,8 +13,9 @@ import torch
 from test_train import DATASETS, FakeInstances, fake_model, small_config
 
 from mnc_teach import viz
+from mnc_teach.checkpoint import TrainHistory, load_checkpoint
 from mnc_teach.dashboard import MAX_POINTS, TrainingDashboard, has_widget_frontend, plot_history
-from mnc_teach.train import TrainHistory, TrainState, load_checkpoint, make_optimizer, train
+from mnc_teach.train import TrainState, make_optimizer, train
 
 TERMS = ("loss_a", "loss_b", "loss_c")
 

@@ -17,16 +17,15 @@ import torch
 from torch import nn
 
 from mnc_teach import train as train_module
+from mnc_teach.checkpoint import TrainHistory, load_checkpoint
 from mnc_teach.config import MNCConfig, TrainConfig, shapes_cpu
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.data.transforms import ResizeShortestSide
 from mnc_teach.data.voc import VOCInstanceSegmentation
 from mnc_teach.predictions import decode_mask
 from mnc_teach.train import (
-    TrainHistory,
     build_datasets,
     epoch_order,
-    load_checkpoint,
     load_model,
     lr_factor,
     make_optimizer,
