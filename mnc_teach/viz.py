@@ -17,6 +17,8 @@ Shape legend (structures.py): H, W image size, G instances, D detections, R anch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from torch import Tensor
 from mnc_teach.boxes import box_area, box_iou
 
 __all__ = [
+    "moving_average",
     "GID_BOX", "GID_MASK", "GID_LABEL", "GID_IGNORE", "GID_ANCHORS", "GID_GT",
     "instance_colors", "count_artists", "label_map_to_rgb", "draw_instances",
     "draw_label_maps", "draw_anchors", "draw_boxes_and_iou", "draw_box_coding", "draw_nms",
@@ -52,6 +55,21 @@ ANCHOR_STYLE = {  # kind -> (colour, line alpha, line width); positives stand ou
     "all": ("tab:purple", 0.9, 1.2),
 }
 DEFAULT_MAX_PER_KIND = 100  # draw at most this many anchors of each kind (a 128x128 image has ~2k anchors)
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points; the first points average the fewer points there are.
+
+    Returns:
+        ndarray[len(values)], float64: entry i is ``mean(values[max(0, i - window + 1) : i + 1])``.
+    """
+    if window < 1:
+        raise ValueError(f"viz.moving_average: window must be >= 1, got {window}")
+    values = np.asarray(values, dtype=np.float64)
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    stop = np.arange(1, len(values) + 1)
+    start = np.maximum(stop - window, 0)
+    return (cumulative[stop] - cumulative[start]) / (stop - start)
 
 
 def instance_colors(n: int) -> np.ndarray:

@@ -137,11 +137,7 @@ def draw_loss_curves(
     """
     fig, ax = viz._new_axes(ax, (5.5, 3.2))
     for name, values in losses.items():
-        values = np.asarray(values, dtype=np.float64)
-        cumulative, ends = np.concatenate([[0.0], np.cumsum(values)]), np.arange(1, len(values) + 1)
-        starts = np.maximum(ends - smooth, 0)  # the mean of values[start:end] is plotted at step end - 1
-        smoothed = (cumulative[ends] - cumulative[starts]) / (ends - starts)
-        ax.plot(ends - 1, smoothed, label=name.removeprefix("loss_"), gid=GID_LOSS)
+        ax.plot(np.arange(len(values)), viz.moving_average(values, smooth), label=name.removeprefix("loss_"), gid=GID_LOSS)
     ax.set_xlabel("step")
     ax.set_ylabel("loss" if smooth == 1 else f"loss (mean of {smooth} steps)")
     ax.grid(alpha=0.3)

@@ -32,11 +32,12 @@ from mnc_teach.viz import (
     _new_axes,
     _overlay,
     instance_colors,
+    moving_average,
 )
 
 __all__ = [
     "GID_RUN_CURVE", "GID_STAGE1_BOX", "GID_REFINED_BOX", "GID_SHIFT", "GID_KEPT_BOX", "GID_OWN_MASK",
-    "GID_VOTER_BOX", "GID_VOTED_MASK", "GID_VOTED_BOX", "moving_average", "draw_history_comparison",
+    "GID_VOTER_BOX", "GID_VOTED_MASK", "GID_VOTED_BOX", "draw_history_comparison",
     "draw_box_refinement", "draw_mask_voting",
 ]  # fmt: skip
 
@@ -59,21 +60,6 @@ LOG_SCALE_MIN_RATIO = 10.0  # a panel gets a log y axis only when its values spa
 MAX_VOTER_WIDTH = 3.0  # line width of the heaviest voter (the lightest get 0.5)
 
 
-def moving_average(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing mean over ``window`` points; the first points average the fewer points there are.
-
-    Returns:
-        ndarray[len(values)], float64: entry i is ``mean(values[max(0, i - window + 1) : i + 1])``.
-    """
-    if window < 1:
-        raise ValueError(f"viz_inference.moving_average: window must be >= 1, got {window}")
-    values = np.asarray(values, dtype=np.float64)
-    cumulative = np.concatenate([[0.0], np.cumsum(values)])
-    stop = np.arange(1, len(values) + 1)
-    start = np.maximum(stop - window, 0)
-    return (cumulative[stop] - cumulative[start]) / (stop - start)
-
-
 def _terms_of(runs: Mapping[str, Sequence[Mapping[str, float]]]) -> list[str]:
     """Loss terms (``loss_*``) in the order they first appear over all runs, then ``total``."""
     names = {key: None for entries in runs.values() for entry in entries for key in entry if key.startswith("loss_")}
@@ -91,7 +77,7 @@ def draw_history_comparison(
             ``TrainHistory.steps`` (dicts with ``step`` and the loss values).
         terms: the keys to draw, one panel each (default: every ``loss_*`` key, then ``total``).
             A run without a term gets no line in that panel.
-        smooth: trailing moving-average window in steps (1 = raw values), see :func:`moving_average`.
+        smooth: trailing moving-average window in steps (1 = raw values), see :func:`mnc_teach.viz.moving_average`.
         ncols: panels per row.
         log_scale: log y axes for panels whose positive values span a factor of at least
             LOG_SCALE_MIN_RATIO (losses often span decades; narrower ranges stay linear and readable).

@@ -8,7 +8,7 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from mnc_teach.viz import GID_GT, count_artists
+from mnc_teach.viz import GID_GT, count_artists, moving_average
 from mnc_teach.viz_inference import (
     GID_KEPT_BOX,
     GID_OWN_MASK,
@@ -22,7 +22,6 @@ from mnc_teach.viz_inference import (
     draw_box_refinement,
     draw_history_comparison,
     draw_mask_voting,
-    moving_average,
 )
 
 
