@@ -31,7 +31,7 @@ from mnc_teach.config import MNCConfig
 from mnc_teach.matching import RoISample, match_rois, sample_rois
 from mnc_teach.postprocess import postprocess_detections
 from mnc_teach.roi_warp import RoIWarpPool
-from mnc_teach.stage1_rpn import RegionProposalNetwork, RPNOutput
+from mnc_teach.stage1_rpn import RegionProposalNetwork, RPNOutput, clamp_gradient
 from mnc_teach.stage2_masks import MaskHead, mask_loss, mask_targets
 from mnc_teach.stage3_classify import (
     ClassifierHead,
@@ -75,8 +75,7 @@ def refine_boxes(
         return boxes
     best_fg = cls_logits.detach()[:, 1:].argmax(dim=1) + 1  # (R,) in 1..K
     deltas = box_deltas.view(boxes.shape[0], -1, 4)[torch.arange(boxes.shape[0]), best_fg]  # (R, 4)
-    if delta_grad_clip is not None and deltas.requires_grad:
-        deltas.register_hook(lambda grad: grad.clamp(-delta_grad_clip, delta_grad_clip))
+    clamp_gradient(deltas, delta_grad_clip)
     return clip_boxes(decode_boxes(deltas, boxes, weights), image_size)
 
 

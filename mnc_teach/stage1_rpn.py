@@ -27,7 +27,7 @@ from mnc_teach.boxes import batched_nms, clip_boxes, decode_boxes, encode_boxes,
 from mnc_teach.matching import label_anchors, sample_pos_neg
 from mnc_teach.structures import Target
 
-__all__ = ["RPNHead", "RPNOutput", "RegionProposalNetwork", "generate_proposals", "rpn_losses"]
+__all__ = ["RPNHead", "RPNOutput", "RegionProposalNetwork", "clamp_gradient", "generate_proposals", "rpn_losses"]
 
 INIT_STD = 0.01  # Gaussian init of the RPN convs [code: train.prototxt]
 
@@ -74,6 +74,15 @@ class RPNOutput:
     proposal_scores: list[Tensor]
 
 
+def clamp_gradient(tensor: Tensor, limit: float | None) -> Tensor:
+    """Clamp, per component, the gradient that will reach ``tensor`` to ``[-limit, limit]``
+    (the code's ``clip_base: 512`` on box deltas); ``limit=None`` leaves it exact. The forward
+    value is unchanged. Returns ``tensor`` itself."""
+    if limit is not None and tensor.requires_grad:
+        tensor.register_hook(lambda grad: grad.clamp(-limit, limit))
+    return tensor
+
+
 def generate_proposals(
     anchors: Tensor,
     objectness_logits: Tensor,
@@ -103,8 +112,7 @@ def generate_proposals(
     """
     top = objectness_logits.detach().topk(min(pre_nms_top_n, objectness_logits.numel())).indices  # (k,)
     deltas = anchor_deltas[top]  # (k, 4)
-    if delta_grad_clip is not None and deltas.requires_grad:
-        deltas.register_hook(lambda grad: grad.clamp(-delta_grad_clip, delta_grad_clip))
+    clamp_gradient(deltas, delta_grad_clip)
     boxes = decode_boxes(deltas, anchors[top])  # (k, 4)
     boxes = clip_boxes(boxes, image_size)
     scores = torch.sigmoid(objectness_logits[top].detach())
