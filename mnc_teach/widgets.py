@@ -47,7 +47,7 @@ RATIO_OPTIONS = (0.33, 0.5, 1.0, 2.0, 3.0)
 SAMPLE_SEED = 0  # seed of the 256-anchor training sample shown by AnchorExplorer
 
 
-def _show(output: widgets.Output, fig: Figure) -> None:
+def show_figure(output: widgets.Output, fig: Figure) -> None:
     """Replace what ``output`` shows by ``fig``, then release the figure from pyplot (no leak,
     and the inline backend does not draw it a second time below the cell)."""
     with output:
@@ -56,7 +56,7 @@ def _show(output: widgets.Output, fig: Figure) -> None:
     plt.close(fig)
 
 
-def _cached_item(explorer):
+def cached_item(explorer):
     """``explorer.dataset[explorer.index.value]``, read once per index (other controls reuse it)."""
     if explorer._cached_index != explorer.index.value:
         explorer._cached_item = explorer.dataset[explorer.index.value]
@@ -111,7 +111,7 @@ class DatasetBrowser:
 
     def update(self, change: dict | None = None) -> None:
         """Redraw for the current control values (``change`` is the ipywidgets event, unused)."""
-        image, target = _cached_item(self)
+        image, target = cached_item(self)
         shown = dict(target)
         colors = viz.instance_colors(len(target["labels"]))  # (G, 3): an instance keeps its colour when filtered
         if self.class_filter.value != ALL_CLASSES:
@@ -129,7 +129,7 @@ class DatasetBrowser:
         image_id = target.get("image_id", "")
         self.status.value = (f"image {self.index.value} of {len(self.dataset)} ({image_id}): "
                              f"{_plural(len(target['labels']), 'instance')}, {num_shown} shown")
-        _show(self.output, self.figure)
+        show_figure(self.output, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -220,7 +220,7 @@ class AnchorExplorer:
             self.status.value = ("<b style='color:#b00'>the negative threshold must not exceed the positive one: "
                                  "lower 'negative IoU' or raise 'positive IoU'</b>")
             return
-        image, target = _cached_item(self)
+        image, target = cached_item(self)
         height, width = image.shape[-2:]
         feature_size = (math.ceil(height / self.stride), math.ceil(width / self.stride))
         base_anchors = generate_base_anchors(self.base_size, tuple(self.ratios.value), tuple(self.scales.value))
@@ -256,7 +256,7 @@ class AnchorExplorer:
             f"<b style='color:#c00'>{counts['negative']} negative</b>, {counts['ignored']} ignored; "
             f"training sample: {counts['sampled_positive']} positive + {counts['sampled_negative']} negative"
         )
-        _show(self.output, self.figure)
+        show_figure(self.output, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
