@@ -40,8 +40,9 @@ ROI_COLOR = "tab:orange"  # the chosen RoI's colour in every panel: the link bet
 MASK_CMAP = "gray"
 FEATURE_CMAP = "magma"
 ZOOM_MARGIN = 0.3  # the pasted-mask panel shows the RoI plus this fraction of its larger side
-EXPLORER_FIGSIZE = (12.0, 6.2)
+EXPLORER_FIGSIZE = (12.0, 6.4)
 PROPOSAL_FIGSIZE = (10.5, 4.2)
+DPI = 80  # 960 x 512 px: sharp enough, and the PNG a widget sends takes half the time of dpi 100
 
 
 @dataclass
@@ -145,7 +146,7 @@ def draw_stage_view(
         The figure. Counts: one GID_ROI_BOX; one GID_REFINED_BOX with stages 4-5; ``viz.GID_BOX``
         = detections drawn = ``min(top_n, #(scores >= score_threshold))``; ``viz.GID_GT`` = G.
     """
-    fig, axes = plt.subplots(2, 4, figsize=EXPLORER_FIGSIZE)
+    fig, axes = plt.subplots(2, 4, figsize=EXPLORER_FIGSIZE, dpi=DPI)
     pixels = viz._image_hwc(view.image)
     height, width = pixels.shape[:2]
     box = viz._as_numpy(view.box).reshape(4)
@@ -205,7 +206,7 @@ def draw_stage_view(
     viz.draw_instances(view.image, subset, class_names, ax=ax, title=title)
     fig.suptitle(f"RoI {view.roi_rank + 1} of {view.num_rois} (by stage-3 foreground score), orange in every panel",
                  fontsize=10)  # fmt: skip
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.06, wspace=0.12, hspace=0.42)  # not tight_layout: 0.2 s
     return fig
 
 
@@ -225,11 +226,12 @@ def draw_proposal_view(
     Returns:
         The figure; ``count_artists(fig, GID_PROPOSAL) == min(R, max_boxes)``, one GID_RECALL line per curve.
     """
-    fig, (ax_image, ax_recall) = plt.subplots(1, 2, figsize=PROPOSAL_FIGSIZE, gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, (ax_image, ax_recall) = plt.subplots(1, 2, figsize=PROPOSAL_FIGSIZE, dpi=DPI,
+                                              gridspec_kw={"width_ratios": [1, 1.4]})  # fmt: skip
     draw_proposals(image, boxes, scores, gt_boxes=gt_boxes, ax=ax_image, max_boxes=max_boxes,
                    title=f"{min(len(boxes), max_boxes)} of {len(boxes)} proposals (colour: objectness)")  # fmt: skip
     draw_recall_curve(counts, recalls, ax=ax_recall, title=title)
     ax_recall.axvline(max(chosen, 1), color="0.3", ls=":", lw=1)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.98, top=0.9, bottom=0.13, wspace=0.12)
     return fig
 

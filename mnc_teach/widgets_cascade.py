@@ -274,7 +274,7 @@ class StageExplorer:
         target = None
         if label > 0:
             target = mask_targets(run.target["masks"], match.matched_gt, rows["boxes"][r : r + 1],
-                                  rows["masks"].shape[-1], cfg.mask_head.target_threshold)[0]  # fmt: skip
+                                  rows["masks"].shape[-1], cfg.mask.target_threshold)[0]  # fmt: skip
         optional = {name: rows[key][r] for name, key in (("refined_box", "refined"), ("mask_s4", "masks_s4"),
                                                            ("cls_probs_s5", "cls_probs_s5")) if key in rows}  # fmt: skip
         return StageView(

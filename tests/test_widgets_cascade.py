@@ -14,6 +14,7 @@ from mnc_teach.cascade import build_mnc
 from mnc_teach.config import get_preset, override, shortened
 from mnc_teach.data import generate_shapes
 from mnc_teach.stage1_rpn import generate_proposals
+from mnc_teach.stage2_masks import mask_targets
 from mnc_teach.train import build_datasets, train
 from mnc_teach.viz_cascade import GID_PROPOSAL, GID_RECALL
 from mnc_teach.viz_explorer import GID_CLASS_BAR, GID_REFINED_BOX, GID_ROI_BOX, GID_STAGE_MASK
@@ -132,6 +133,17 @@ def test_stage_target_and_label_come_from_the_matched_object(model, val_set) -> 
         iou = box_iou(view.box[None], gt).max()
         assert view.matched_iou == pytest.approx(float(iou), abs=1e-6)
         assert (view.target is not None) == (view.true_label > 0) == bool(iou >= model.cfg.roi.fg_iou)
+    # a RoI that is exactly object 0's box: its label is object 0's class, its target object 0's mask in the box
+    rank = 0
+    run.view_rows["boxes"][int(run.order[rank])] = gt[0]
+    view = explorer._view(run, rank)
+    expected = mask_targets(run.target["masks"], torch.tensor([0]), gt[:1], view.mask.shape[-1],
+                            model.cfg.mask.target_threshold)[0]  # fmt: skip
+    assert view.matched_iou == pytest.approx(1.0) and view.true_label == int(run.target["labels"][0])
+    assert torch.equal(view.target, expected) and view.target.sum() > 0
+    explorer.roi.value = 1  # redraw with the target panel
+    explorer.roi.value = rank
+    assert viz.count_artists(explorer.figure, GID_STAGE_MASK) == 3
 
 
 def test_three_stage_model_and_no_detections(model, val_set) -> None:
