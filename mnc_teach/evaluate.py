@@ -238,6 +238,44 @@ def _image_index(ground_truth: list[Target], num_classes: int) -> dict[str, int]
     return index
 
 
+def class_mask_ious(
+    predictions: list[dict], ground_truth: list[Target], image_index: dict[str, int]
+) -> list[np.ndarray]:
+    """Each prediction's mask IoU with the GT instances of its class in its image (SDS matching's input).
+
+    ``image_index`` maps image_id -> position in ``ground_truth``; the predictions are valid
+    (``check_result``). IoUs come from one :func:`rle_mask_iou` call per image (void removed).
+
+    Returns:
+        one float64 array per prediction, in input order: ``[G_c]`` over the GT of image
+        ``image_id`` whose label is the prediction's ``category_id``, in the target's order.
+
+    Raises:
+        ValueError naming the image when a prediction's mask size differs from its image size.
+    """
+    preds_per_image: dict[int, list[int]] = {}
+    for p, entry in enumerate(predictions):
+        preds_per_image.setdefault(image_index[entry["image_id"]], []).append(p)
+    pred_ious: list[np.ndarray] = [np.zeros(0)] * len(predictions)
+    for i, pred_ids in sorted(preds_per_image.items()):  # in ground-truth order
+        target = ground_truth[i]
+        image_size = tuple(target["masks"].shape[-2:])
+        sizes = {tuple(predictions[p]["segmentation"]["size"]) for p in pred_ids}
+        if sizes != {image_size}:
+            raise ValueError(
+                f"image {target['image_id']!r}: prediction mask sizes {sizes} != image size "
+                f"{image_size}; encode masks at the original image size"
+            )
+        pred_rles = [predictions[p]["segmentation"] for p in pred_ids]
+        ious = rle_mask_iou(
+            pred_rles, encode_masks(target["masks"]), target.get("ignore")
+        )  # (D, G)
+        gt_labels = target["labels"].cpu().numpy()
+        for p, det_ious in zip(pred_ids, ious, strict=True):  # keep the GT of the detection's class
+            pred_ious[p] = det_ious[gt_labels == predictions[p]["category_id"]]
+    return pred_ious
+
+
 def evaluate_sds(
     predictions: list[dict],
     ground_truth: list[Target],
@@ -260,33 +298,13 @@ def evaluate_sds(
     """
     num_classes = len(class_names) - 1
     image_index = _image_index(ground_truth, num_classes)
-    preds_per_image: dict[int, list[int]] = {}
-    for p, entry in enumerate(predictions):
-        if check:
+    if check:
+        for p, entry in enumerate(predictions):
             check_result(entry, f"prediction {p}", image_index, num_classes)
-        preds_per_image.setdefault(image_index[entry["image_id"]], []).append(p)
-
+    pred_ious = class_mask_ious(predictions, ground_truth, image_index)
     num_gt_per_image = np.zeros((len(ground_truth), num_classes), dtype=np.int64)  # [images, K]
-    pred_ious: list[np.ndarray] = [np.zeros(0)] * len(predictions)  # IoUs with GT of its class
     for i, target in enumerate(ground_truth):
-        gt_labels = target["labels"].cpu().numpy()
-        num_gt_per_image[i] = np.bincount(gt_labels - 1, minlength=num_classes)
-        pred_ids = preds_per_image.get(i, [])
-        if not pred_ids:
-            continue
-        image_size = tuple(target["masks"].shape[-2:])
-        sizes = {tuple(predictions[p]["segmentation"]["size"]) for p in pred_ids}
-        if sizes != {image_size}:
-            raise ValueError(
-                f"image {target['image_id']!r}: prediction mask sizes {sizes} != image size "
-                f"{image_size}; encode masks at the original image size"
-            )
-        pred_rles = [predictions[p]["segmentation"] for p in pred_ids]
-        ious = rle_mask_iou(
-            pred_rles, encode_masks(target["masks"]), target.get("ignore")
-        )  # (D, G)
-        for p, det_ious in zip(pred_ids, ious, strict=True):  # keep the GT of the detection's class
-            pred_ious[p] = det_ious[gt_labels == predictions[p]["category_id"]]
+        num_gt_per_image[i] = np.bincount(target["labels"].cpu().numpy() - 1, minlength=num_classes)
 
     categories = np.array([entry["category_id"] for entry in predictions], dtype=np.int64)
     scores = np.array([entry["score"] for entry in predictions], dtype=np.float64)

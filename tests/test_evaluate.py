@@ -17,6 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from mnc_teach.boxes import masks_to_boxes
 from mnc_teach.evaluate import (
     average_precision,
+    class_mask_ious,
     coco_evaluate,
     evaluate_predictions,
     evaluate_sds,
@@ -293,6 +294,19 @@ def test_class_without_gt_left_out_of_mean_and_images_without_detections():
     summary = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert summary["per_class"]["triangle"]["AP_r@0.5"] == {"area": None, "voc07": None}
     assert summary["mAP_r@0.5"]["area"] == pytest.approx(0.25)
+
+
+def test_class_mask_ious_keep_the_gt_of_the_class_in_target_order():
+    circle_1, square, circle_2 = rect(0, 10, 0, 10), rect(0, 10, 20, 30), rect(20, 30, 0, 10)
+    gt = [target("a", [circle_1, square, circle_2], [1, 2, 1]), target("b", [square], [2])]
+    preds = [pred("b", 2, rect(0, 10, 20, 25), 0.5), pred("a", 1, rect(0, 30, 0, 10), 0.9),
+             pred("a", 3, circle_1, 0.8)]  # fmt: skip
+    ious = class_mask_ious(preds, gt, {"a": 0, "b": 1})
+    np.testing.assert_array_equal(ious[0], [0.5])  # the square of b: 50 of 100 pixels
+    expected = mask_iou(rect(0, 30, 0, 10)[None], torch.stack([circle_1, circle_2]))[0].numpy()
+    np.testing.assert_array_equal(ious[1], expected)  # circles only, in the target's order
+    np.testing.assert_allclose(ious[1], [1 / 3, 1 / 3])
+    assert ious[2].shape == (0,)  # no triangle in a
 
 
 def test_evaluate_sds_rejects_unknown_image_and_wrong_size():
