@@ -8,7 +8,7 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root unless told; containers and cloud machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help venv lab test test-fast lint shapes clean
+.PHONY: help venv lab test test-fast lint shapes html clean
 
 help:
 	@echo "make lab        create the environment if missing and open the course in JupyterLab"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-fast  unit tests only (skips executing the notebooks)"
 	@echo "make lint       ruff over the package and tests"
 	@echo "make shapes     generate the synthetic shapes dataset into data/shapes"
+	@echo "make html       execute every notebook (fast mode) and render it to build/*.html (open build/index.html)"
 	@echo "make clean      remove caches (keeps the environment and data)"
 
 venv: $(STAMP)
@@ -46,6 +47,10 @@ lint: $(STAMP)
 
 shapes: $(STAMP)
 	$(BIN)/python -m mnc_teach shapes --root data/shapes
+
+# Executes into build/ (datasets and runs in build/data, build/runs); data/ and notebooks/ stay untouched.
+html: $(STAMP)
+	$(BIN)/python scripts/render_course.py --build-dir build
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build

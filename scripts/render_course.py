@@ -1,0 +1,192 @@
+"""Render the course for reading without running it: execute every notebook (fast mode by default)
+and export it to ``<build>/<name>.html``, with ``<build>/index.html`` listing them all.
+
+    python scripts/render_course.py [--build-dir build] [--full]      # what `make html` runs
+
+Each notebook runs in a fresh kernel with MNC_FAST=1 and MNC_DATA_ROOT=<build>/data (datasets and
+runs go under the build folder; data/ stays clean). matplotlib keeps the kernel's inline backend
+(headless; with MPLBACKEND=Agg figures would come out as "<Figure ...>" text, not pictures), and the
+widgets' state is saved into the page. A notebook that fails does not stop the others: its page is
+written up to the failing cell (traceback included), the index marks it, and the script exits with
+status 1 naming the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import html
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbconvert import HTMLExporter
+from nbconvert.filters.markdown import markdown2html
+
+from mnc_teach.fileio import write_text_atomically
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COURSE_TITLE = "mnc-teach: Multi-task Network Cascades, built step by step in PyTorch"
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+CELL_TIMEOUT_S = 300  # fast-mode cells take seconds; a stuck kernel fails in minutes, not hours
+FULL_CELL_TIMEOUT_S = 3600  # full-mode training cells take minutes on a CPU
+
+
+@dataclass
+class RenderResult:
+    """What became of one notebook: its page, title, summary (HTML), time, and error if it failed."""
+
+    notebook: Path
+    html_path: Path
+    title: str
+    summary_html: str
+    seconds: float
+    error: str | None = None  # "cell 12 of 33 (code cell 7, `train(cfg)`): ValueError: ..."
+
+
+def notebook_title_and_summary(notebook: nbformat.NotebookNode) -> tuple[str, str]:
+    """The first ``# `` heading of the first markdown cell, and as HTML its "What you will learn"
+    bullets (or, without them, its first paragraph after the heading)."""
+    first_markdown = next((cell.source for cell in notebook.cells if cell.cell_type == "markdown"), "")
+    title_match = re.search(r"^#\s+(.+)$", first_markdown, flags=re.MULTILINE)
+    title = title_match.group(1).strip() if title_match else ""
+    learn = re.search(r"\*\*What you will learn\*\*\s*\n+((?:[*-] .*\n?(?:[ \t]+\S.*\n?)*)+)", first_markdown)
+    if learn:
+        summary = learn.group(1)
+    else:
+        body = first_markdown[title_match.end():] if title_match else first_markdown
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", body) if p.strip()]
+        summary = paragraphs[0] if paragraphs else ""
+    return title, markdown2html(summary) if summary else ""
+
+
+def _describe_cell(notebook: nbformat.NotebookNode, cell_index: int) -> str:
+    """'cell 12 of 33 (code cell 7, `first line`)' for error messages (numbers 1-based)."""
+    cell = notebook.cells[cell_index]
+    code_number = sum(1 for c in notebook.cells[: cell_index + 1] if c.cell_type == "code")
+    first_line = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
+    if len(first_line) > 60:
+        first_line = first_line[:57] + "..."
+    return f"cell {cell_index + 1} of {len(notebook.cells)} (code cell {code_number}, `{first_line}`)"
+
+
+def _error_summary(error: Exception) -> str:
+    if isinstance(error, CellExecutionError):
+        return f"{error.ename}: {error.evalue}"
+    if isinstance(error, CellTimeoutError):
+        return f"timed out ({error})".splitlines()[0]
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def render_notebook(path: Path, build_dir: Path, data_root: Path, fast: bool = True,
+                    timeout_s: int = CELL_TIMEOUT_S) -> RenderResult:
+    """Execute ``path`` in a fresh kernel (cwd = its folder) and write ``build_dir/<stem>.html``."""
+    notebook = nbformat.read(path, as_version=4)
+    title, summary_html = notebook_title_and_summary(notebook)
+    env = {**os.environ, "MNC_FAST": "1" if fast else "0", "MNC_DATA_ROOT": str(data_root.resolve()),
+           "MPLBACKEND": INLINE_BACKEND}
+    current_cell = {"index": 0}
+
+    def remember_cell(cell, cell_index: int) -> None:
+        current_cell["index"] = cell_index
+
+    client = NotebookClient(
+        notebook, timeout=timeout_s, kernel_name="python3", store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent.resolve())}}, on_cell_start=remember_cell,
+    )
+    error = None
+    start = time.perf_counter()
+    try:
+        client.execute(env=env)
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+        error = f"{_describe_cell(notebook, current_cell['index'])}: {_error_summary(exc)}"
+    seconds = time.perf_counter() - start
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    page, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title or path.stem}})
+    html_path = write_text_atomically(build_dir / f"{path.stem}.html", page)
+    return RenderResult(path, html_path, title or path.stem, summary_html, seconds, error)
+
+
+def index_page(results: list[RenderResult], fast: bool, total_seconds: float) -> str:
+    """The course's front page: each notebook's title, link, what it teaches and how long it ran."""
+    mode = "fast mode (MNC_FAST=1: small datasets, short training)" if fast else "full mode"
+    items = []
+    for result in results:
+        if result.error:
+            status = f'<p class="failed">FAILED at {html.escape(result.error)}</p>'
+        else:
+            status = f'<p class="time">executed in {result.seconds:.1f} s</p>'
+        items.append(
+            f'<li><h2><a href="{html.escape(result.html_path.name)}">{html.escape(result.title)}</a></h2>\n'
+            f"{result.summary_html}\n{status}</li>"
+        )
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(COURSE_TITLE)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }}
+ol {{ padding-left: 0; list-style: none; }} li > h2 {{ margin-bottom: 0.3rem; font-size: 1.25rem; }}
+.time {{ color: #555; font-size: 0.9rem; }} .failed {{ color: #b00020; font-weight: bold; }}
+</style></head><body>
+<h1>{html.escape(COURSE_TITLE)}</h1>
+<p>Every notebook below was executed in {mode} on {stamp} ({total_seconds:.0f} s in all) and saved with
+its outputs, so the course can be read without running it. Interactive widgets show their last state when
+the page can load the widget renderer (from unpkg.com); to use them, run the notebooks with <code>make lab</code>.</p>
+<ol>
+{chr(10).join(items)}
+</ol>
+</body></html>
+"""
+
+
+def render_course(notebooks: list[Path], build_dir: Path, data_root: Path | None = None, fast: bool = True,
+                  timeout_s: int = CELL_TIMEOUT_S, log=print) -> list[RenderResult]:
+    """Render ``notebooks`` in order into ``build_dir`` (pages + index.html); returns one result each."""
+    data_root = data_root or build_dir / "data"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    start = time.perf_counter()
+    for number, path in enumerate(notebooks, start=1):
+        log(f"[{number}/{len(notebooks)}] {path.name} ...")
+        result = render_notebook(path, build_dir, data_root, fast=fast, timeout_s=timeout_s)
+        results.append(result)
+        outcome = f"FAILED at {result.error}" if result.error else "ok"
+        log(f"[{number}/{len(notebooks)}] {path.name}: {outcome}, {result.seconds:.1f} s -> {result.html_path}")
+    total = time.perf_counter() - start
+    index = write_text_atomically(build_dir / "index.html", index_page(results, fast, total))
+    log(f"rendered {len(results)} notebooks in {total:.1f} s; open {index}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--notebook-dir", type=Path, default=REPO_ROOT / "notebooks")
+    parser.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build")
+    parser.add_argument("--data-root", type=Path, default=None, help="MNC_DATA_ROOT (default: <build-dir>/data)")
+    parser.add_argument("--full", action="store_true", help="full mode (MNC_FAST=0): real sizes, takes long")
+    parser.add_argument("--timeout", type=int, default=None,
+                        help=f"seconds per cell (default {CELL_TIMEOUT_S}, {FULL_CELL_TIMEOUT_S} with --full)")
+    args = parser.parse_args(argv)
+    notebooks = sorted(args.notebook_dir.glob(NOTEBOOK_GLOB))
+    if not notebooks:
+        print(f"render_course: no {NOTEBOOK_GLOB} in {args.notebook_dir}", file=sys.stderr)
+        return 2
+    timeout_s = args.timeout or (FULL_CELL_TIMEOUT_S if args.full else CELL_TIMEOUT_S)
+    results = render_course(notebooks, args.build_dir, args.data_root, fast=not args.full, timeout_s=timeout_s,
+                            log=lambda line: print(line, flush=True))
+    failed = [result for result in results if result.error]
+    for result in failed:
+        print(f"render_course: {result.notebook} failed at {result.error}; its page {result.html_path} "
+              f"shows the traceback", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
