@@ -80,9 +80,9 @@ class MatchAnalysis:
 
     def matched_below(self, iou: float) -> np.ndarray:
         """Indices of the TPs whose mask IoU is below ``iou`` (e.g. matched at 0.5 but not 0.7),
-        worst mask first."""
+        highest score first (ties: input order)."""
         poor = np.flatnonzero(self.is_tp & (self.best_iou < iou))
-        return poor[np.argsort(self.best_iou[poor], kind="stable")]
+        return poor[np.argsort(-self.score[poor], kind="stable")]
 
 
 def analyze_matches(

@@ -56,6 +56,7 @@ FP_COLOR = (0.9, 0.15, 0.1)
 PRED_COLOR = (0.2, 0.5, 1.0)
 MASK_ALPHA = 0.45
 MIN_CROP_SIDE = 24  # gallery crops show at least this many pixels per side
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # RGB -> grey (ITU-R BT.601)
 
 
 class GalleryItem(NamedTuple):
@@ -81,8 +82,18 @@ def _add_outline(ax: Axes, mask, color, gid: str) -> None:
 
 
 def _add_fill(ax: Axes, mask, color, gid: str) -> None:
-    overlay = ax.imshow(_overlay(_as_numpy(mask) != 0, to_rgb(color), MASK_ALPHA), interpolation="nearest")
-    overlay.set_gid(gid)
+    """The mask filled (MASK_ALPHA) with its boundary opaque, in one image artist."""
+    inside = _as_numpy(mask) != 0
+    rgba = _overlay(inside, to_rgb(color), MASK_ALPHA)  # (H, W, 4)
+    rgba[mask_outline(inside), 3] = 1.0
+    ax.imshow(rgba, interpolation="nearest").set_gid(gid)
+
+
+def _show_grey(ax: Axes, image: Tensor) -> tuple[int, int]:
+    """The image in grey levels, so that the coloured masks drawn over it stand out; returns (H, W)."""
+    grey = _image_hwc(image) @ LUMA_WEIGHTS  # (H, W, 3) -> (H, W)
+    ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    return grey.shape
 
 
 def draw_mask_iou(
@@ -124,7 +135,7 @@ def draw_matching(
     image: Tensor, gt_masks: np.ndarray | Tensor, det_masks: np.ndarray | Tensor, det_is_tp: Sequence[bool],
     det_captions: Sequence[str], ax: Axes | None = None, title: str | None = None,
 ) -> Figure:
-    """GT instances (gold outlines) and detections (filled, green = TP, red = FP) on one image.
+    """GT instances (gold outlines) and detections (filled, green = TP, red = FP) on one image, shown in grey.
 
     Args:
         image (Tensor[3, H, W], float in [0, 1]).
@@ -142,7 +153,7 @@ def draw_matching(
         raise ValueError(f"viz_eval.draw_matching: {len(dets)} detection masks, {len(det_is_tp)} TP flags and "
                          f"{len(det_captions)} captions; pass one of each per detection")  # fmt: skip
     fig, ax = _new_axes(ax, (4.5, 4.5))
-    ax.imshow(_image_hwc(image), interpolation="nearest")
+    _show_grey(ax, image)
     for mask, is_tp, caption in zip(dets, det_is_tp, det_captions, strict=True):
         color = TP_COLOR if is_tp else FP_COLOR
         _add_fill(ax, mask, color, GID_TP_MASK if is_tp else GID_FP_MASK)
@@ -265,7 +276,7 @@ def _crop(ax: Axes, masks: Sequence[np.ndarray], height: int, width: int, margin
 def draw_failure_gallery(
     rows: Mapping[str, Sequence[GalleryItem]], ncols: int = 4, margin: float = 0.25, title: str | None = None,
 ) -> Figure:
-    """Rows of image crops, one row per kind of failure, GT outlined in gold and the prediction filled.
+    """Rows of image crops (in grey), one row per kind of failure, GT outlined in gold and the prediction filled.
 
     Args:
         rows: ``row name -> items`` (e.g. "false positives", "missed instances", "poor masks");
@@ -279,8 +290,7 @@ def draw_failure_gallery(
     fig, axes = plt.subplots(len(rows), ncols, figsize=(2.4 * ncols, 2.6 * len(rows)), squeeze=False)
     for ax_row, (row_name, items) in zip(axes, rows.items(), strict=True):
         for ax, item in zip(ax_row, list(items)[:ncols], strict=False):
-            pixels = _image_hwc(item.image)
-            ax.imshow(pixels, interpolation="nearest")
+            height, width = _show_grey(ax, item.image)
             shown = []
             if item.pred_mask is not None:
                 shown.append(_as_numpy(item.pred_mask) != 0)
@@ -288,7 +298,7 @@ def draw_failure_gallery(
             if item.gt_mask is not None:
                 shown.append(_as_numpy(item.gt_mask) != 0)
                 _add_outline(ax, shown[-1], GT_COLOR, GID_GT_OUTLINE)
-            _crop(ax, shown, *pixels.shape[:2], margin)
+            _crop(ax, shown, height, width, margin)
             ax.set_title(item.caption, fontsize=7)
         for ax in ax_row:
             ax.set_xticks([])

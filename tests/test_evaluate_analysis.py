@@ -57,6 +57,7 @@ def test_outcomes_by_hand_at_0_5() -> None:
     assert analysis.outcome.tolist() == [TP, FP_DUPLICATE, TP, FP_NO_GT, FP_NO_GT]
     assert [m.tolist() for m in analysis.gt_matched_by] == [[0, 2, UNMATCHED], []]
     assert analysis.matched_below(0.7).tolist() == [2]  # matched at 0.5 with IoU 0.6
+    assert analysis.matched_below(1.01).tolist() == [0, 2]  # by score
     assert analysis.missed() == [(0, 2)]
 
 

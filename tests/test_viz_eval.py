@@ -72,6 +72,9 @@ def test_draw_matching_counts_and_places_captions() -> None:
     labels = _by_gid(fig, GID_DET_LABEL)
     assert [t.get_text() for t in labels] == ["#1", "#2", "#3"]
     assert [t.get_position() for t in labels] == [(0, 0), (0, 1), (5, 15)]  # (x, y) of each mask's corner
+    (tp_overlay,) = _by_gid(fig, GID_TP_MASK)
+    alpha = tp_overlay.get_array()[..., 3]  # filled, with an opaque boundary
+    assert (alpha > 0).sum() == dets[0].sum() and (alpha == 1).sum() == mask_outline(dets[0]).sum()
     (outline, _) = _by_gid(fig, GID_GT_OUTLINE)
     assert (outline.get_array()[..., 3] > 0).sum() == mask_outline(gts[0]).sum()
     with pytest.raises(ValueError, match="one of each"):
