@@ -2,7 +2,8 @@
 
     out_dir/checkpoint.pt   model, optimiser, scheduler, scaler, step, config, RNG states and history;
                             written atomically (temp file + ``os.replace``), read with ``weights_only=True``
-    out_dir/history.json    the loss curves (:class:`TrainHistory`), for plots of running or finished runs
+    out_dir/history.json    the loss curves (:class:`TrainHistory`), for plots of running or finished runs;
+                            written atomically at the start, after each validation and with each checkpoint
 
 ``restore_checkpoint`` puts a :class:`~mnc_teach.train.TrainState` back exactly as it was saved,
 so a resumed run continues the loss curve of the uninterrupted one.
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_NAME", "HISTORY_NAME", "RESUMABLE_CHANGES", "TrainHistory", "changed_settings", "load_checkpoint",
-    "restore_checkpoint", "rng_states", "save_checkpoint", "seed_everything", "set_rng_states",
+    "restore_checkpoint", "rng_states", "save_checkpoint", "save_history", "seed_everything", "set_rng_states",
 ]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -113,8 +114,15 @@ def save_checkpoint(state: TrainState) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    state.history.save(state.out_dir / HISTORY_NAME)
+    save_history(state)
     state.checkpoint_step = state.step
+    return path
+
+
+def save_history(state: TrainState) -> Path:
+    """Write ``out_dir/history.json`` atomically: a viewer of the running run reads whole files only."""
+    path = state.out_dir / HISTORY_NAME
+    state.history.save(path)  # creates out_dir if missing
     return path
 
 

@@ -42,6 +42,7 @@ from mnc_teach.checkpoint import (
     load_checkpoint,
     restore_checkpoint,
     save_checkpoint,
+    save_history,
     seed_everything,
 )
 from mnc_teach.config import MNCConfig, TrainConfig, override
@@ -289,6 +290,8 @@ def train_one_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[A
             state.val_losses = validation_losses(state.model, val_dataset, device=state.device, batch_size=cfg.images_per_batch)
             state.history.val.append({"step": state.step, **state.val_losses})
             _call(callbacks, "on_validation", state)
+            if state.step % cfg.checkpoint_every != 0:
+                save_history(state)  # a viewer of the run sees the validation now (a checkpoint writes it too)
         if state.step % cfg.checkpoint_every == 0:
             save_checkpoint(state)
         now = time.perf_counter()
@@ -365,7 +368,8 @@ def train(
 
     Args:
         cfg: the run's configuration; ``cfg.train`` and ``cfg.data`` are read here.
-        out_dir: gets ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end) and ``history.json``.
+        out_dir: gets ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end) and ``history.json``
+            (at the start, after each validation and with each checkpoint; see ``mnc_teach.run_viewer``).
         resume: continue from ``out_dir/checkpoint.pt``; only RESUMABLE_CHANGES may differ from its config.
         callbacks: objects with on_train_start / on_step_end / on_validation / on_train_end;
             default ``[ProgressPrinter()]``; pass ``()`` for a silent run.
@@ -405,6 +409,7 @@ def train(
     if resume:
         restore_checkpoint(state, load_checkpoint(checkpoint_path))
     callbacks = [ProgressPrinter()] if callbacks is None else list(callbacks)
+    save_history(state)  # a fresh run replaces the history.json of an overwritten one at once
     model.train()
     _call(callbacks, "on_train_start", state)
     with cpu_threads(t.cpu_threads if device.type == "cpu" else None):

@@ -188,6 +188,30 @@ def test_stop_request_saves_a_checkpoint_and_ends(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "history.json").read_text()) == history.to_dict()
 
 
+def test_history_json_is_written_at_the_start_after_validations_and_with_checkpoints(tmp_path: Path) -> None:
+    """A viewer of a running run (mnc_teach.run_viewer) reads history.json: it must follow the run."""
+    train(small_config(max_steps=2, val_every=0), tmp_path, callbacks=(), model=fake_model(), datasets=DATASETS)
+    seen = {}
+
+    class ReadHistory:
+        def on_train_start(self, state) -> None:
+            seen[0] = TrainHistory.load(tmp_path / "history.json")
+
+        def on_step_end(self, state) -> None:  # before this step's validation and checkpoint
+            seen[state.step] = TrainHistory.load(tmp_path / "history.json")
+
+    cfg = small_config(max_steps=8, val_every=3, checkpoint_every=4)
+    history = train(cfg, tmp_path, callbacks=[ReadHistory()], model=fake_model(), datasets=DATASETS, overwrite=True)
+    assert seen[0].to_dict() == {"steps": [], "val": []}  # the overwritten run's history is gone at once
+    t = cfg.train
+    for step in range(1, 9):
+        written = max([0] + [s for s in range(1, step) if s % t.val_every == 0 or s % t.checkpoint_every == 0])
+        assert seen[step].steps == history.steps[:written], step
+        assert seen[step].val == [e for e in history.val if e["step"] <= written], step
+    assert TrainHistory.load(tmp_path / "history.json").to_dict() == history.to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "history.json"]  # no temp files left
+
+
 def test_non_finite_loss_names_term_and_step_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     saved = {}
 
