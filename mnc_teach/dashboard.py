@@ -1,6 +1,6 @@
-"""The live training dashboard (COURSE.md): loss curves, learning rate, speed, a sample's predictions, Stop.
+"""The live training dashboard (COURSE.md): loss curves, learning rate, speed, a gallery of predictions, Stop.
 
-    dashboard = TrainingDashboard(sample=val_ds[0], class_names=val_ds.class_names)
+    dashboard = TrainingDashboard(gallery=val_ds, gallery_indices=(0, 1, 2, 3))
     run = dashboard.run_in_background(cfg, "runs/first")   # shows the dashboard; training runs in a thread
     history = run.join()                                    # in a later cell: wait for the end
 
@@ -16,6 +16,7 @@ the loop also turns into a clean stop) can end the run early.
 
 Without a widget frontend (plain ``python``, CI, headless ``nbclient``) the dashboard is a
 :class:`~mnc_teach.train.ProgressPrinter`: a tqdm bar and a printed line every ``log_every`` steps.
+A run on disk (finished, or running in another process) is shown by :mod:`mnc_teach.run_viewer`.
 """
 
 from __future__ import annotations
@@ -30,23 +31,29 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from torch import Tensor, nn
 
 from mnc_teach import viz
 from mnc_teach.checkpoint import TrainHistory
 from mnc_teach.config import MNCConfig
 from mnc_teach.train import ProgressPrinter, TrainState, format_seconds, train
 
-__all__ = ["BackgroundTraining", "TrainingDashboard", "draw_history", "has_widget_frontend", "plot_history",
+__all__ = ["BackgroundTraining", "TrainingDashboard", "draw_history", "draw_prediction_gallery", "figure_png",
+           "gallery_items", "has_widget_frontend", "new_gallery_figure", "plot_history", "predict_images",
            "train_in_background"]  # fmt: skip
 
 MAX_POINTS = 2000  # longer curves are thinned to every k-th step for drawing (the history keeps all)
-SAMPLE_SCORE_THRESHOLD = 0.5  # draw the sample's detections scoring at least this
+SCORE_THRESHOLD = 0.5  # the gallery draws the detections scoring at least this
+GALLERY_SIZE = 4  # gallery images when no indices are given: the first four
+MAX_DRAWN = 10  # the gallery draws at most this many detections per image (the highest scores)
+GID_NO_DETECTIONS = "no-detections"  # the "no detections >= t" text of a gallery image
 DPI = 80
 LOSS_FIGSIZE = (10.0, 3.4)
-SAMPLE_FIGSIZE = (7.0, 3.6)
+GALLERY_PANEL = 2.2  # inches per gallery image (a column: ground truth above, predictions below)
 
 
 def has_widget_frontend() -> bool:
@@ -101,8 +108,8 @@ def draw_history(fig: Figure, history: TrainHistory, max_steps: int | None = Non
         ax.grid(alpha=0.3)
         if max_steps:
             ax.set_xlim(0, max_steps)
-    ax_loss.set_title("losses (log scale)", fontsize=10)
-    ax_lr.set_title("learning rate", fontsize=10)
+    ax_loss.set_title("losses (log scale)", fontsize=10, y=1.0)  # a fixed y: no costly automatic placement
+    ax_lr.set_title("learning rate", fontsize=10, y=1.0)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     fig.subplots_adjust(left=0.07, right=0.97, bottom=0.15, wspace=0.55)
 
@@ -118,9 +125,81 @@ def plot_history(history: TrainHistory | dict | str | os.PathLike) -> Figure:
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def gallery_items(gallery: Any, indices: Sequence[int] | None = None) -> list[tuple[Tensor, dict]]:
+    """``[gallery[i] for i in indices]`` (default: the first GALLERY_SIZE items) of a dataset or a list of
+    ``(image, target)``; read once, so the gallery shows the same images all run long."""
+    indices = range(min(GALLERY_SIZE, len(gallery))) if indices is None else indices
+    return [gallery[int(i)] for i in indices]
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, images: Sequence[Tensor], device: torch.device | None = None) -> list[dict]:
+    """The model's detections of each image (one forward each, eval mode, no grad), on the CPU. The
+    model's mode and the RNG are left as they were, so a training run goes on unchanged."""
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            detections = [model([image.to(device)])[0][0] for image in images]
+    finally:
+        model.train(was_training)
+    return [{k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in found.items()} for found in detections]
+
+
+def _gallery_axes(fig: Figure, count: int) -> np.ndarray:
+    """The figure's 2 x ``count`` gallery axes, emptied (reusing them is ~10x faster than new ones)."""
+    axes = fig.axes
+    if len(axes) == 2 * count and all(ax.get_gid() == f"gallery-{i}" for i, ax in enumerate(axes)):
+        for ax in axes:
+            for artist in [*ax.images, *ax.patches, *ax.texts, *ax.collections, *ax.lines]:
+                artist.remove()
+        return np.array(axes).reshape(2, count)
+    fig.clear()
+    axes = fig.subplots(2, count, squeeze=False)  # (2, count): ground truth above, detections below
+    for i, ax in enumerate(axes.flat):
+        ax.set_gid(f"gallery-{i}")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.05, hspace=0.12)
+    return axes
+
+
+def draw_prediction_gallery(fig: Figure, images: Sequence[Tensor], targets: Sequence[dict], detections: Sequence[dict],
+                            class_names: Sequence[str], score_threshold: float = SCORE_THRESHOLD,
+                            step: int | None = None, max_drawn: int = MAX_DRAWN) -> Figure:  # fmt: skip
+    """One column per image: its ground truth above, its detections scoring >= ``score_threshold`` below
+    (at most ``max_drawn``, the highest scores; the step in the title). Axes ``[0, k]`` and ``[1, k]``
+    (gids ``gallery-<k>``, ``gallery-<n + k>``) hold image k; an image without such detections says
+    "no detections >= t" (gid GID_NO_DETECTIONS)."""
+    axes = _gallery_axes(fig, len(images))
+    for k, (image, target, found) in enumerate(zip(images, targets, detections, strict=True)):
+        name = target.get("image_id", f"image {k}")
+        viz.draw_instances(image, target, class_names, ax=axes[0, k], title=f"{name}: ground truth")
+        above = torch.nonzero(found["scores"] >= score_threshold).flatten()
+        keep = above[found["scores"][above].argsort(descending=True)[:max_drawn]]  # (<= max_drawn,)
+        colors = viz.instance_colors(len(found["scores"]))[keep.numpy()]  # each detection keeps its colour
+        shown = {key: value[keep] if isinstance(value, Tensor) else value for key, value in found.items()}
+        count = f"{len(keep)}" if len(keep) == len(above) else f"{len(keep)} of {len(above)}"
+        when = "" if step is None else f"step {step}: "
+        viz.draw_instances(image, shown, class_names, ax=axes[1, k], colors=colors,
+                           title=f"{when}{count} with score >= {score_threshold:g}")  # fmt: skip
+        if len(keep) == 0:
+            axes[1, k].text(0.5, 0.5, f"no detections >= {score_threshold:g}", transform=axes[1, k].transAxes,
+                            ha="center", va="center", fontsize=8, gid=GID_NO_DETECTIONS,
+                            bbox={"facecolor": "white", "alpha": 0.8})  # fmt: skip
+        for ax in axes[:, k]:
+            ax.set_title(ax.get_title(), fontsize=8, y=1.0)  # a fixed y: no costly automatic placement
+    return fig
+
+
+def new_gallery_figure(count: int) -> Figure:
+    """An empty figure sized for a gallery of ``count`` images."""
+    return Figure(figsize=(max(GALLERY_PANEL * count, 4.0), 2 * GALLERY_PANEL + 0.4))
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (what an ipywidgets.Image shows)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})  # faster, a little larger
     return buffer.getvalue()
 
 
@@ -129,28 +208,38 @@ class TrainingDashboard:
 
     Args:
         refresh_every: redraw the curves and the status line every this many steps.
-        sample: ``(image Tensor[3, H, W], target)`` whose predictions are drawn next to its ground truth.
-        sample_every: redraw the sample's predictions every this many steps (default 5 x refresh_every).
-        class_names: names for the labels (index 0 background), e.g. ``dataset.class_names``.
+        gallery: fixed validation images: a dataset, or a list of ``(image Tensor[3, H, W], target)``.
+        gallery_indices: which of its items to show (default: the first GALLERY_SIZE).
+        gallery_every: redraw the gallery's predictions every this many steps (default 5 x
+            refresh_every), and at the start and the end.
+        score_threshold: the gallery draws detections scoring at least this.
+        class_names: names for the labels (index 0 background); default ``gallery.class_names``.
+        sample, sample_every: older names: a gallery of the one image ``sample``.
         frontend: force the widget view (True) or the printed fallback (False); default
             :func:`has_widget_frontend`.
 
     Attributes:
         widget: the box to display (displaying the dashboard itself works too).
         stop_button, status: the Stop button and the status line (widgets).
-        loss_figure, sample_figure: the figures drawn last (``None`` before the first drawing).
+        loss_figure, gallery_figure: the figures drawn last (``None`` before the first drawing).
         stop_requested: set by the Stop button or :meth:`request_stop`; the loop then ends cleanly.
     """
 
-    def __init__(self, *, refresh_every: int = 10, sample: tuple | None = None, sample_every: int | None = None,
-                 class_names: Sequence[str] = ("background",), frontend: bool | None = None) -> None:  # fmt: skip
+    def __init__(self, *, refresh_every: int = 10, gallery: Any = None, gallery_indices: Sequence[int] | None = None,
+                 gallery_every: int | None = None, score_threshold: float = SCORE_THRESHOLD,
+                 class_names: Sequence[str] | None = None, sample: tuple | None = None, sample_every: int | None = None,
+                 frontend: bool | None = None) -> None:  # fmt: skip
         self.refresh_every = max(1, refresh_every)
-        self.sample, self.class_names = sample, tuple(class_names)
-        self.sample_every = sample_every or 5 * self.refresh_every
+        if sample is not None:
+            gallery, gallery_indices = [sample], None
+        self.gallery = gallery_items(gallery, gallery_indices) if gallery is not None else []
+        self.class_names = tuple(class_names or getattr(gallery, "class_names", ("background",)))
+        self.gallery_every = gallery_every or sample_every or 5 * self.refresh_every
+        self.score_threshold = score_threshold
         self.frontend = has_widget_frontend() if frontend is None else frontend
         self.stop_requested, self.last_state, self._shown = False, None, False
         self.loss_figure: Figure | None = None
-        self.sample_figure: Figure | None = None
+        self.gallery_figure: Figure | None = None
         self.printer = None if self.frontend else ProgressPrinter()
         if self.frontend:
             import ipywidgets as widgets
@@ -160,8 +249,8 @@ class TrainingDashboard:
             self.stop_button.on_click(lambda _: self.request_stop())
             self.status = widgets.HTML("waiting for training to start")
             self.loss_image = widgets.Image(format="png")
-            self.sample_image = widgets.Image(format="png")
-            self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status]), self.loss_image, self.sample_image])
+            self.gallery_image = widgets.Image(format="png")
+            self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status]), self.loss_image, self.gallery_image])
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current step (what the Stop button does)."""
@@ -190,7 +279,7 @@ class TrainingDashboard:
             return self.printer.on_train_start(state)
         self.show()
         self.refresh(state)
-        self.refresh_sample(state)
+        self.refresh_gallery(state)
 
     def on_step_end(self, state: TrainState) -> None:
         self.last_state = state
@@ -199,8 +288,8 @@ class TrainingDashboard:
             return self.printer.on_step_end(state)
         if state.step % self.refresh_every == 0 or state.step == state.max_steps:
             self.refresh(state)
-        if state.step % self.sample_every == 0:
-            self.refresh_sample(state)
+        if state.step % self.gallery_every == 0:
+            self.refresh_gallery(state)
 
     def on_validation(self, state: TrainState) -> None:
         if self.printer is not None:
@@ -211,7 +300,7 @@ class TrainingDashboard:
         if self.printer is not None:
             return self.printer.on_train_end(state)
         self.refresh(state, phase="finished" if state.step >= state.max_steps else "stopped")
-        self.refresh_sample(state)
+        self.refresh_gallery(state)
         self.stop_button.disabled = True
 
     def on_error(self, error: BaseException) -> None:
@@ -245,36 +334,22 @@ class TrainingDashboard:
             self.loss_figure = Figure(figsize=LOSS_FIGSIZE)
         draw_history(self.loss_figure, state.history, max_steps=state.max_steps)
         if self.frontend:
-            self.loss_image.value = _png(self.loss_figure)
+            self.loss_image.value = figure_png(self.loss_figure)
             self.status.value = self.status_text(state, phase)
 
-    @torch.no_grad()
-    def refresh_sample(self, state: TrainState | None = None) -> None:
-        """Run the model (eval mode, no grad, RNG untouched) on the sample and draw its predictions."""
+    def refresh_gallery(self, state: TrainState | None = None) -> None:
+        """Run the model (eval mode, no grad, RNG untouched) on the gallery and draw its predictions."""
         state = state or self.last_state
-        if self.sample is None or state is None:
+        if not self.gallery or state is None:
             return
-        image, target = self.sample
-        model, was_training = state.model, state.model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []):
-                detections, _ = model([image.to(state.device)])
-        finally:
-            model.train(was_training)
-        detections = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in detections[0].items()}
-        if self.sample_figure is None:
-            self.sample_figure = Figure(figsize=SAMPLE_FIGSIZE)
-        fig = self.sample_figure
-        fig.clear()
-        ax_gt, ax_pred = fig.subplots(1, 2)
-        viz.draw_instances(image, target, self.class_names, ax=ax_gt, title="ground truth")
-        shown = int((detections["scores"] >= SAMPLE_SCORE_THRESHOLD).sum())
-        viz.draw_instances(image, detections, self.class_names, ax=ax_pred, score_threshold=SAMPLE_SCORE_THRESHOLD,
-                           title=f"step {state.step}: {shown} detections with score >= {SAMPLE_SCORE_THRESHOLD}")  # fmt: skip
-        fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02, wspace=0.05)
+        images, targets = zip(*self.gallery, strict=True)
+        detections = predict_images(state.model, images, state.device)
+        if self.gallery_figure is None:
+            self.gallery_figure = new_gallery_figure(len(images))
+        draw_prediction_gallery(self.gallery_figure, images, targets, detections, self.class_names,
+                                self.score_threshold, state.step)  # fmt: skip
         if self.frontend:
-            self.sample_image.value = _png(fig)
+            self.gallery_image.value = figure_png(self.gallery_figure)
 
     def run_in_background(self, cfg: MNCConfig, out_dir: str | os.PathLike, **train_kwargs: Any) -> BackgroundTraining:
         """Show the dashboard and start ``train(cfg, out_dir, callbacks=[self], **train_kwargs)`` in a thread.

@@ -1,4 +1,4 @@
-"""The live training dashboard driven from Python: curves, sample predictions, Stop (also from
+"""The live training dashboard driven from Python: curves, the prediction gallery, Stop (also from
 another thread while training runs in the background), the printed fallback, plot_history."""
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from test_train import DATASETS, FakeInstances, fake_model, small_config
 
 from mnc_teach import viz
 from mnc_teach.checkpoint import TrainHistory, load_checkpoint
-from mnc_teach.dashboard import MAX_POINTS, TrainingDashboard, has_widget_frontend, plot_history
+from mnc_teach.dashboard import (
+    GID_NO_DETECTIONS,
+    MAX_POINTS,
+    TrainingDashboard,
+    draw_prediction_gallery,
+    has_widget_frontend,
+    new_gallery_figure,
+    plot_history,
+)
 from mnc_teach.train import TrainState, make_optimizer, train
 
 TERMS = ("loss_a", "loss_b", "loss_c")
@@ -24,6 +32,19 @@ def lines(fig, prefix: str) -> dict[str, list]:
     """gid -> x data of the lines whose gid starts with ``prefix``."""
     return {line.get_gid(): list(line.get_xdata()) for ax in fig.axes for line in ax.lines
             if (line.get_gid() or "").startswith(prefix)}  # fmt: skip
+
+
+def gallery_drawing(fig) -> list[dict]:
+    """Per gallery image (column k: axes k above, n + k below): boxes drawn in each row, the
+    "no detections" text, the titles."""
+
+    def count(ax, gid: str) -> int:
+        return sum(artist.get_gid() == gid for artist in ax.get_children())
+
+    n = len(fig.axes) // 2
+    return [{"truth": count(fig.axes[k], viz.GID_BOX), "found": count(fig.axes[n + k], viz.GID_BOX),
+             "masks": count(fig.axes[n + k], viz.GID_MASK), "none": count(fig.axes[n + k], GID_NO_DETECTIONS),
+             "title": fig.axes[n + k].get_title()} for k in range(n)]  # fmt: skip
 
 
 def fake_state(tmp_path: Path, max_steps: int = 100) -> TrainState:
@@ -76,19 +97,65 @@ def test_long_runs_are_thinned_for_drawing(tmp_path: Path) -> None:
     assert all(len(xs) <= MAX_POINTS + 1 and xs[0] == 1 and xs[-1] == 5000 for xs in drawn.values())
 
 
-def test_sample_predictions_restore_train_mode_and_rng(tmp_path: Path) -> None:
-    image, target = FakeInstances(1)[0]
-    dashboard = TrainingDashboard(sample=(image, target), class_names=FakeInstances.class_names, frontend=True)
-    state = fake_state(tmp_path)
+def test_gallery_draws_each_images_detections_above_the_threshold(tmp_path: Path) -> None:
+    gallery = FakeInstances(3)
+    state = fake_state(tmp_path, max_steps=7)
+    state.model.eval()
+    scores = [float(state.model([gallery[i][0]])[0][0]["scores"][0]) for i in range(len(gallery))]  # one detection each
+    state.model.train()
+    threshold = sorted(scores)[1]  # the image of the lowest score shows no detection
+    dashboard = TrainingDashboard(gallery=gallery, gallery_indices=(2, 0, 1), gallery_every=3, refresh_every=1,
+                                  score_threshold=threshold, frontend=True)  # fmt: skip
+    assert dashboard.class_names == FakeInstances.class_names  # taken from the dataset
     rng_before = torch.get_rng_state()
     dashboard.on_train_start(state)
     assert state.model.training and torch.equal(torch.get_rng_state(), rng_before)
-    state.model.eval()
-    score = float(state.model([image])[0][0]["scores"][0])
-    state.model.train()
-    ground_truth, predicted = 1, int(score >= 0.5)
-    assert viz.count_artists(dashboard.sample_figure, viz.GID_BOX) == ground_truth + predicted
-    assert bytes(dashboard.sample_image.value).startswith(b"\x89PNG")
+    drawn = gallery_drawing(dashboard.gallery_figure)
+    for entry, index in zip(drawn, (2, 0, 1), strict=True):
+        found = int(scores[index] >= threshold)
+        assert (entry["truth"], entry["found"], entry["masks"], entry["none"]) == (1, found, found, 1 - found)
+        assert entry["title"].startswith("step 0: ")
+    assert sum(entry["found"] for entry in drawn) == 2
+    assert bytes(dashboard.gallery_image.value).startswith(b"\x89PNG")
+
+    feed_steps(dashboard, state, 7)  # redrawn at steps 3 and 6 ...
+    assert all(entry["title"].startswith("step 6: ") for entry in gallery_drawing(dashboard.gallery_figure))
+    dashboard.on_train_end(state)  # ... and at the end
+    assert all(entry["title"].startswith("step 7: ") for entry in gallery_drawing(dashboard.gallery_figure))
+
+    one = TrainingDashboard(sample=gallery[1], frontend=True)  # the older name: a gallery of one
+    one.on_train_start(state)
+    assert len(one.gallery) == 1 and len(one.gallery_figure.axes) == 2
+
+
+def test_gallery_drawing_counts_thresholds_caps_and_images_without_detections() -> None:
+    (image, target), (other, other_target) = FakeInstances(2)[0], FakeInstances(2)[1]
+    size = image.shape[-1]
+
+    def detections(scores: list[float]) -> dict:
+        count = len(scores)
+        masks = torch.zeros(count, 1, size, size)
+        masks[:, :, 2:8, 2:8] = 1.0
+        return {"boxes": torch.tensor([[2.0, 2.0, 8.0, 8.0]] * count).reshape(-1, 4), "masks": masks,
+                "labels": torch.ones(count, dtype=torch.int64), "scores": torch.tensor(scores).reshape(-1)}  # fmt: skip
+
+    fig = new_gallery_figure(3)
+    found = [detections([0.9, 0.2, 0.6]), detections([]), detections([0.95] * 12)]
+    draw_prediction_gallery(fig, [image, other, image], [target, other_target, target], found,
+                            FakeInstances.class_names, score_threshold=0.5, step=40, max_drawn=10)  # fmt: skip
+    drawn = gallery_drawing(fig)
+    assert [(e["truth"], e["found"], e["masks"], e["none"]) for e in drawn] == [(1, 2, 2, 0), (1, 0, 0, 1), (1, 10, 10, 0)]
+    assert [e["title"] for e in drawn] == ["step 40: 2 with score >= 0.5", "step 40: 0 with score >= 0.5",
+                                          "step 40: 10 of 12 with score >= 0.5"]  # fmt: skip
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_gid() == GID_NO_DETECTIONS]
+    assert texts == ["no detections >= 0.5"]
+
+    axes_before = list(fig.axes)  # drawing again reuses the axes and leaves nothing of the last drawing
+    draw_prediction_gallery(fig, [image, other, image], [target, other_target, target], found,
+                            FakeInstances.class_names, score_threshold=0.1)  # fmt: skip
+    assert fig.axes == axes_before
+    assert [(e["found"], e["none"]) for e in gallery_drawing(fig)] == [(3, 0), (0, 1), (10, 0)]
+    assert gallery_drawing(fig)[0]["title"] == "3 with score >= 0.1"
 
 
 def test_stop_button_ends_training_with_a_checkpoint(tmp_path: Path) -> None:
@@ -135,7 +202,7 @@ def test_without_frontend_it_prints_lines(tmp_path: Path, capsys: pytest.Capture
     train(small_config(max_steps=4, val_every=0), tmp_path, callbacks=[dashboard], model=fake_model(), datasets=DATASETS)
     out = capsys.readouterr().out
     assert "step 2/4" in out and "step 4/4" in out and "finished at step 4" in out
-    assert dashboard.loss_figure is None and dashboard.sample_figure is None  # nothing drawn
+    assert dashboard.loss_figure is None and dashboard.gallery_figure is None  # nothing drawn
 
     # no button to keep responsive: "in the background" runs in this thread, so the lines land in the cell
     run = dashboard.run_in_background(small_config(max_steps=6, val_every=0), tmp_path, resume=True,
