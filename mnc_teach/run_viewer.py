@@ -29,18 +29,16 @@ from matplotlib.figure import Figure
 from mnc_teach import train as train_module
 from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory, load_checkpoint
 from mnc_teach.config import MNCConfig, override
-from mnc_teach.dashboard import (
+from mnc_teach.dashboard import gallery_items, has_widget_frontend, predict_images
+from mnc_teach.train import format_seconds
+from mnc_teach.viz_training import (
     LOSS_FIGSIZE,
     SCORE_THRESHOLD,
     draw_history,
     draw_prediction_gallery,
     figure_png,
-    gallery_items,
-    has_widget_frontend,
     new_gallery_figure,
-    predict_images,
 )
-from mnc_teach.train import format_seconds
 
 __all__ = ["RunViewer"]
 
@@ -79,7 +77,7 @@ class RunViewer:
 
     Attributes:
         widget: the box to display (displaying the viewer itself works too).
-        reload_button, threshold, status: the Reload button, the score slider and the status line.
+        reload_button, score_slider, status: the Reload button, the score slider and the status line.
         history, checkpoint_step, max_steps: what the last reload read (``checkpoint_step`` None: no checkpoint yet).
         history_figure, gallery_figure: the figures drawn last.
 
@@ -106,13 +104,13 @@ class RunViewer:
 
         self.reload_button = widgets.Button(description="Reload", icon="refresh", tooltip="read the run's files again")
         self.reload_button.on_click(lambda _: self._reload_showing_errors())
-        self.threshold = widgets.FloatSlider(value=score_threshold, min=0.0, max=1.0, step=0.05,
-                                             description="min score", continuous_update=False)  # fmt: skip
-        self.threshold.observe(lambda _: self.redraw_gallery(), names="value")
+        self.score_slider = widgets.FloatSlider(value=score_threshold, min=0.0, max=1.0, step=0.05,
+                                                description="min score", continuous_update=False)  # fmt: skip
+        self.score_slider.observe(lambda _: self.redraw_gallery(), names="value")
         self.status = widgets.HTML()
         self.history_image = widgets.Image(format="png")
         self.gallery_image = widgets.Image(format="png")
-        rows = [widgets.HBox([self.reload_button, self.threshold, self.status]), self.history_image]
+        rows = [widgets.HBox([self.reload_button, self.score_slider, self.status]), self.history_image]
         self.widget = widgets.VBox(rows + ([self.gallery_image] if self.gallery else []))
         self.reload()
 
@@ -236,8 +234,8 @@ class RunViewer:
                      "steps and at the end; press Reload then", ha="center", va="center", gid=GID_NO_CHECKPOINT)  # fmt: skip
         else:
             images, targets = zip(*self.gallery, strict=True)
-            draw_prediction_gallery(fig, images, targets, self.detections, self.class_names, self.threshold.value,
-                                    self.checkpoint_step)  # fmt: skip
+            draw_prediction_gallery(fig, images, targets, self.detections, self.class_names,
+                                    self.score_slider.value, self.checkpoint_step)  # fmt: skip
         self.gallery_image.value = figure_png(fig)
 
     def _ipython_display_(self) -> None:

@@ -14,16 +14,15 @@ from test_train import DATASETS, FakeInstances, fake_model, small_config
 
 from mnc_teach import viz
 from mnc_teach.checkpoint import TrainHistory, load_checkpoint
-from mnc_teach.dashboard import (
+from mnc_teach.dashboard import TrainingDashboard, has_widget_frontend
+from mnc_teach.train import TrainState, make_optimizer, train
+from mnc_teach.viz_training import (
     GID_NO_DETECTIONS,
     MAX_POINTS,
-    TrainingDashboard,
     draw_prediction_gallery,
-    has_widget_frontend,
     new_gallery_figure,
     plot_history,
 )
-from mnc_teach.train import TrainState, make_optimizer, train
 
 TERMS = ("loss_a", "loss_b", "loss_c")
 

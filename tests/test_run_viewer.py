@@ -17,10 +17,11 @@ from mnc_teach import run_viewer as run_viewer_module
 from mnc_teach import train as train_module
 from mnc_teach.checkpoint import TrainHistory, load_checkpoint
 from mnc_teach.config import MNCConfig, shapes_cpu
-from mnc_teach.dashboard import MAX_DRAWN, predict_images
+from mnc_teach.dashboard import predict_images
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.run_viewer import GID_NO_CHECKPOINT, RunViewer
 from mnc_teach.train import build_datasets, load_model, train
+from mnc_teach.viz_training import MAX_DRAWN
 
 
 def real_config(root: Path, **train_values) -> MNCConfig:
@@ -73,8 +74,8 @@ def test_a_finished_run_shows_its_curves_status_and_gallery(finished_run: Path, 
     calls = []  # the slider redraws from the detections it has: no model runs again
     monkeypatch.setattr(run_viewer_module, "predict_images", lambda *args: calls.append(args))
     for threshold in (0.5, 0.0, float(torch.cat(scores).median())):
-        viewer.threshold.value = threshold
-        threshold = viewer.threshold.value  # the slider rounds to its step
+        viewer.score_slider.value = threshold
+        threshold = viewer.score_slider.value  # the slider rounds to its step
         for entry, target, image_scores in zip(gallery_drawing(viewer.gallery_figure), targets, scores, strict=True):
             found = min(MAX_DRAWN, int((image_scores >= threshold).sum()))
             assert (entry["truth"], entry["found"], entry["none"]) == (len(target["boxes"]), found, int(found == 0))
