@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 
 from mnc_teach import train as train_module
 from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory, load_checkpoint
@@ -78,7 +79,8 @@ class RunViewer:
     Attributes:
         widget: the box to display (displaying the viewer itself works too).
         reload_button, score_slider, status: the Reload button, the score slider and the status line.
-        history, checkpoint_step, max_steps: what the last reload read (``checkpoint_step`` None: no checkpoint yet).
+        history, checkpoint_step, max_steps, model: what the last reload read (``checkpoint_step`` and
+            ``model`` None: no checkpoint yet).
         history_figure, gallery_figure: the figures drawn last.
 
     Raises:
@@ -95,7 +97,8 @@ class RunViewer:
         self.class_names = tuple(class_names or getattr(gallery, "class_names", ("background",)))
         self.frontend = has_widget_frontend() if frontend is None else frontend
         self.history, self.checkpoint_step, self.max_steps = TrainHistory(), None, None
-        self.detections: list[dict] | None = None  # of the gallery, by the checkpoint's model
+        self.model: nn.Module | None = None  # the checkpoint's, in eval mode on device
+        self.detections: list[dict] | None = None  # of the gallery, by that model
         # (inode, mtime, size) of the files read last (None: no checkpoint yet; (): not read yet)
         self._history_key: tuple = ()
         self._checkpoint_key: tuple | None = ()
@@ -124,9 +127,11 @@ class RunViewer:
         if history_changed or checkpoint_changed:  # (max_steps comes from the checkpoint)
             draw_history(self.history_figure, self.history, max_steps=self.max_steps)
             self.history_image.value = figure_png(self.history_figure)
-        if checkpoint_changed:
+        self.status.value = self.status_text()  # the curves and the status show before the gallery's predictions
+        if checkpoint_changed and self.gallery:
+            images = [image for image, _ in self.gallery]
+            self.detections = None if self.model is None else predict_images(self.model, images, self.device)
             self.redraw_gallery()
-        self.status.value = self.status_text()
 
     def _read_history(self) -> bool:
         """Read ``history.json`` if it changed since the last reload; whether it did."""
@@ -144,7 +149,7 @@ class RunViewer:
         return True
 
     def _read_checkpoint(self) -> bool:
-        """Read ``checkpoint.pt`` (and predict the gallery) if it changed since the last reload; whether it did."""
+        """Read ``checkpoint.pt`` (step, max_steps, model) if it changed since the last reload; whether it did."""
         path = self.run_dir / CHECKPOINT_NAME
         try:
             info = path.stat()
@@ -154,17 +159,14 @@ class RunViewer:
         if key == self._checkpoint_key:
             return False
         if key is None:
-            self.checkpoint_step, self.detections, self._checkpoint_key = None, None, None
+            self.checkpoint_step, self.model, self._checkpoint_key = None, None, None
             return True
         checkpoint = _read_retrying(path, load_checkpoint)  # weights, config and step of one and the same file
         cfg = MNCConfig.from_dict(checkpoint["config"])
         self.max_steps, self.checkpoint_step = cfg.train.max_steps, int(checkpoint["step"])
-        if self.gallery:  # the model of load_model, from the checkpoint already read
-            model = train_module._build_model(override(cfg, "backbone.pretrained", False))
-            model.load_state_dict(checkpoint["model"])
-            images = [image for image, _ in self.gallery]
-            self.detections = predict_images(model.to(self.device).eval(), images, self.device)
-        self._checkpoint_key = key
+        model = train_module._build_model(override(cfg, "backbone.pretrained", False))  # as load_model does
+        model.load_state_dict(checkpoint["model"])
+        self.model, self._checkpoint_key = model.to(self.device).eval(), key
         return True
 
     @property

@@ -14,7 +14,7 @@ from test_train import DATASETS, FakeInstances, fake_model, small_config
 
 from mnc_teach import viz
 from mnc_teach.checkpoint import TrainHistory, load_checkpoint
-from mnc_teach.dashboard import TrainingDashboard, has_widget_frontend
+from mnc_teach.dashboard import TrainingDashboard, has_widget_frontend, predict_images
 from mnc_teach.train import TrainState, make_optimizer, train
 from mnc_teach.viz_training import (
     GID_NO_DETECTIONS,
@@ -125,6 +125,19 @@ def test_gallery_draws_each_images_detections_above_the_threshold(tmp_path: Path
     one = TrainingDashboard(sample=gallery[1], frontend=True)  # the older name: a gallery of one
     one.on_train_start(state)
     assert len(one.gallery) == 1 and len(one.gallery_figure.axes) == 2
+
+
+def test_predict_images_keeps_the_order_of_images_of_several_sizes() -> None:
+    images = [torch.rand(3, 16, 16), torch.rand(3, 8, 12), torch.rand(3, 16, 16)]
+    model = fake_model()  # detects the centre square: (W/4, H/4, 3W/4, 3H/4)
+    detections = predict_images(model, images)
+    for image, found in zip(images, detections, strict=True):
+        height, width = image.shape[-2:]
+        assert found["boxes"].tolist() == [[width / 4, height / 4, 3 * width / 4, 3 * height / 4]]
+        model.eval()
+        assert torch.equal(found["scores"], model([image])[0][0]["scores"])
+        model.train()
+    assert model.training
 
 
 def test_gallery_drawing_counts_thresholds_caps_and_images_without_detections() -> None:

@@ -17,7 +17,6 @@ from mnc_teach import run_viewer as run_viewer_module
 from mnc_teach import train as train_module
 from mnc_teach.checkpoint import TrainHistory, load_checkpoint
 from mnc_teach.config import MNCConfig, shapes_cpu
-from mnc_teach.dashboard import predict_images
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.run_viewer import GID_NO_CHECKPOINT, RunViewer
 from mnc_teach.train import build_datasets, load_model, train
@@ -49,9 +48,10 @@ def finished_run(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def scores_of(run_dir: Path, images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The detection scores of the checkpoint's model (load_model), for reference."""
+    """The detection scores of the checkpoint's model (load_model), one image at a time, for reference."""
     model, _ = load_model(run_dir / "checkpoint.pt", device="cpu")
-    return [found["scores"] for found in predict_images(model, images)]
+    with torch.no_grad():
+        return [model([image])[0][0]["scores"] for image in images]
 
 
 def test_a_finished_run_shows_its_curves_status_and_gallery(finished_run: Path, shapes_root: Path,
@@ -71,6 +71,7 @@ def test_a_finished_run_shows_its_curves_status_and_gallery(finished_run: Path, 
     images, targets = zip(*(val_set[i] for i in (2, 0)), strict=True)
     scores = scores_of(finished_run, list(images))
     assert all(len(s) > 0 for s in scores)
+    torch.testing.assert_close([d["scores"] for d in viewer.detections], scores, rtol=0, atol=1e-5)  # batched
     calls = []  # the slider redraws from the detections it has: no model runs again
     monkeypatch.setattr(run_viewer_module, "predict_images", lambda *args: calls.append(args))
     for threshold in (0.5, 0.0, float(torch.cat(scores).median())):
