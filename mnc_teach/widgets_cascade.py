@@ -61,6 +61,22 @@ def _recall(boxes: Tensor, gt_boxes: Tensor, iou: float) -> tuple[int, int]:
     return int((box_iou(gt_boxes, boxes).max(dim=1).values >= iou).sum()), len(gt_boxes)
 
 
+class _ModelExplorer:
+    """What both explorers share: building from a checkpoint, and displaying as their widget."""
+
+    widget: widgets.Widget
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, dataset, device: str | None = None, **kwargs):
+        """The explorer of a model saved by ``train`` (``checkpoint.pt``); ``kwargs`` go to the constructor."""
+        from mnc_teach.train import load_model
+
+        return cls(load_model(checkpoint, device)[0], dataset, **kwargs)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
 @dataclass
 class _RPNResult:
     """Stage 1's raw output for one image: everything ``generate_proposals`` needs."""
@@ -73,7 +89,7 @@ class _RPNResult:
     gt_boxes: Tensor  # (G, 4)
 
 
-class ProposalViewer:
+class ProposalViewer(_ModelExplorer):
     """Stage-1 proposals of one image under adjustable top-k / NMS settings, with live recall.
 
     The RPN runs once per image; the sliders re-run ``stage1_rpn.generate_proposals`` (top-k by
@@ -122,13 +138,6 @@ class ProposalViewer:
             control.observe(self.update, names="value")
         self.update()
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, dataset, device: str | None = None, **kwargs) -> ProposalViewer:
-        """The viewer of a model saved by ``train`` (``checkpoint.pt``)."""
-        from mnc_teach.train import load_model
-
-        return cls(load_model(checkpoint, device)[0], dataset, **kwargs)
-
     @torch.no_grad()
     def _rpn_result(self, index: int) -> _RPNResult:
         if index not in self._cache:
@@ -169,8 +178,6 @@ class ProposalViewer:
         show_figure(self.output, self.figure)
         self.last_update_s = time.perf_counter() - start
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
 
 @dataclass
@@ -184,7 +191,7 @@ class _ImageRun:
     order: Tensor  # (R,) RoIs by stage-3 foreground score, best first
 
 
-class StageExplorer:
+class StageExplorer(_ModelExplorer):
     """One RoI of one image through every stage of a trained cascade, and the image's detections.
 
     Pick an image and a RoI (RoIs are ranked by their stage-3 foreground score, so RoI 0 is the
@@ -234,13 +241,6 @@ class StageExplorer:
         for control in (self.index, self.roi, self.score_threshold, self.mask_threshold, self.top_n):
             control.observe(self.update, names="value")
         self.update()
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, dataset, device: str | None = None, **kwargs) -> StageExplorer:
-        """The explorer of a model saved by ``train`` (``checkpoint.pt``)."""
-        from mnc_teach.train import load_model
-
-        return cls(load_model(checkpoint, device)[0], dataset, **kwargs)
 
     @torch.no_grad()
     def _run(self, index: int) -> _ImageRun:
@@ -320,6 +320,3 @@ class StageExplorer:
                              f"({float(view.cls_probs[best]):.2f})")  # fmt: skip
         show_figure(self.output, self.figure)
         self.last_update_s = time.perf_counter() - start
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
