@@ -17,6 +17,7 @@ import math
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from IPython import get_ipython
 from IPython.display import clear_output, display
 from matplotlib.figure import Figure
 
@@ -50,9 +51,10 @@ SAMPLE_SEED = 0  # seed of the 256-anchor training sample shown by AnchorExplore
 def show_figure(output: widgets.Output, fig: Figure) -> None:
     """Replace what ``output`` shows by ``fig``, then release the figure from pyplot (no leak,
     and the inline backend does not draw it a second time below the cell)."""
-    with output:
-        clear_output(wait=True)
-        display(fig)
+    if get_ipython() is not None:  # outside IPython (scripts, benchmarks) display would print the figure's repr
+        with output:
+            clear_output(wait=True)
+            display(fig)
     plt.close(fig)
 
 
