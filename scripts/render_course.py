@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 from nbclient import NotebookClient
@@ -37,6 +38,39 @@ NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 CELL_TIMEOUT_S = 300  # fast-mode cells take seconds; a stuck kernel fails in minutes, not hours
 FULL_CELL_TIMEOUT_S = 3600  # full-mode training cells take minutes on a CPU
+POLL_SLICE_S = 1.0  # longest wait on a kernel channel before looking again (see PollingNotebookClient)
+
+
+def _sliced(get_msg):
+    """``get_msg(timeout)`` of a kernel channel, waiting in slices of POLL_SLICE_S until ``timeout``."""
+
+    async def get_msg_in_slices(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = POLL_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await get_msg(timeout=min(POLL_SLICE_S, remaining))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    return get_msg_in_slices
+
+
+class PollingNotebookClient(NotebookClient):
+    """A NotebookClient that looks at its shell and IOPub channels at least once a second.
+
+    pyzmq's asyncio poll sometimes misses the wake-up of a message that has arrived and sees it
+    only when its timeout ends (zeromq/pyzmq#1558). nbclient waits for a cell's reply with the
+    cell timeout, so such a miss stalled notebook 00 here for exactly that timeout (60, 120,
+    200 s, or until killed) in about 1 run in 6; with one-second slices a miss costs a second.
+    """
+
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            channel.get_msg = _sliced(channel.get_msg)
+        return kc
 
 
 @dataclass
@@ -97,7 +131,7 @@ def render_notebook(path: Path, build_dir: Path, data_root: Path, fast: bool = T
     def remember_cell(cell, cell_index: int) -> None:
         current_cell["index"] = cell_index
 
-    client = NotebookClient(
+    client = PollingNotebookClient(
         notebook, timeout=timeout_s, kernel_name="python3", store_widget_state=True,
         resources={"metadata": {"path": str(path.parent.resolve())}}, on_cell_start=remember_cell,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 import sys
+import time
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 import pytest
@@ -86,3 +89,30 @@ def test_failing_notebook_is_named_with_its_cell_and_the_others_still_render(tmp
     assert "still here" in (build / "01_fine.html").read_text()
     index = (build / "index.html").read_text()
     assert "FAILED at cell 3 of 4" in index and "A lesson that works." in index  # first paragraph as summary
+
+
+def test_channel_reads_wait_in_one_second_slices(render_course) -> None:
+    """A missed wake-up costs at most a slice, not the whole timeout; the timeout still holds."""
+    calls: list[float | None] = []
+
+    async def get_msg(timeout=None):
+        calls.append(timeout)
+        if len(calls) < 3:
+            raise Empty  # as when pyzmq's poll misses a message until its timeout ends
+        return {"msg_type": "execute_reply"}
+
+    sliced = render_course._sliced(get_msg)
+    assert asyncio.run(sliced(timeout=None)) == {"msg_type": "execute_reply"}
+    assert calls == [render_course.POLL_SLICE_S] * 3
+    calls.clear()
+    assert asyncio.run(sliced(timeout=60))["msg_type"] == "execute_reply" and len(calls) == 3
+    assert all(t <= render_course.POLL_SLICE_S for t in calls)
+
+    async def never(timeout=None):
+        await asyncio.sleep(timeout)
+        raise Empty
+
+    start = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(render_course._sliced(never)(timeout=2.5))
+    assert 2.4 < time.monotonic() - start < 4
