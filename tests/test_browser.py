@@ -127,13 +127,14 @@ def lab(tmp_path: Path):
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root_dir,
                                   start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if server.poll() is not None:
                 pytest.fail(f"jupyter lab exited with {server.returncode}:\n{log_path.read_text()}")
             try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as reply:
+                with direct.open(f"{base}/api/status?token={token}", timeout=5) as reply:
                     if reply.status == 200:
                         break
             except (urllib.error.URLError, OSError):
