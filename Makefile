@@ -13,7 +13,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 help:
 	@echo "make lab        create the environment if missing and open the course in JupyterLab"
 	@echo "make test       create the environment if missing and run every test (notebooks included)"
-	@echo "make test-fast  unit tests only (skips executing the notebooks)"
+	@echo "make test-fast  unit tests only (skips executing the notebooks and the browser test)"
 	@echo "make lint       ruff over the package and tests"
 	@echo "make shapes     generate the synthetic shapes dataset into data/shapes"
 	@echo "make html       execute every notebook (fast mode) and render it to build/*.html (open build/index.html)"
@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not notebook"
+	$(BIN)/python -m pytest -m "not notebook and not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check mnc_teach tests

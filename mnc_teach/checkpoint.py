@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mnc_teach.fileio import write_text_atomically
+from mnc_teach.fileio import write_atomically, write_text_atomically
 
 if TYPE_CHECKING:
     from mnc_teach.train import TrainState
@@ -104,16 +103,7 @@ def save_checkpoint(state: TrainState) -> Path:
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(), "rng": rng_states(), "history": state.history.to_dict(),
     }  # fmt: skip
-    path = state.checkpoint_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    path = write_atomically(state.checkpoint_path, lambda file: torch.save(checkpoint, file))
     save_history(state)
     state.checkpoint_step = state.step
     return path
