@@ -1,18 +1,22 @@
-"""How long the explorers take to update on shapes images (CPU), against the course's 1-second budget.
+"""How long the widgets take to update on shapes images (CPU), against the course's 1-second budget.
 
     python benchmarks/widgets.py                                   # an untrained shapes-cpu model
     python benchmarks/widgets.py --checkpoint runs/06_cascade/main/checkpoint.pt
 
-Each update is what a slider move does in JupyterLab: recompute, draw, and encode the figure
-as the PNG the page receives (``show_figure`` only prints outside a kernel, so the PNG is
-encoded here). Prints the median and worst of ``--repeats`` updates per control, and their
-ratio to the budget (below 1 is within it).
+Each update is what a slider move or a click does in JupyterLab: recompute, draw, and encode
+the figure as the PNG the page receives (the explorers' ``show_figure`` displays only inside a
+kernel, so their PNG is encoded here; the dashboard and the run viewer encode theirs
+themselves). The dashboard's gallery and the run viewer use a run of ``--run-steps`` steps
+trained here first. Prints the median and worst of ``--repeats`` updates per control, and
+their ratio to the budget (below 1 is within it).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,12 +29,48 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from mnc_teach.cascade import build_mnc  # noqa: E402
-from mnc_teach.config import get_preset, override  # noqa: E402
+from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory  # noqa: E402
+from mnc_teach.config import get_preset, override, shortened  # noqa: E402
+from mnc_teach.dashboard import TrainingDashboard  # noqa: E402
 from mnc_teach.data import generate_shapes  # noqa: E402
-from mnc_teach.train import build_datasets, load_model  # noqa: E402
+from mnc_teach.run_viewer import RunViewer  # noqa: E402
+from mnc_teach.train import build_datasets, load_model, train  # noqa: E402
 from mnc_teach.widgets_cascade import ProposalViewer, StageExplorer  # noqa: E402
 
 BUDGET_S = 1.0
+
+
+def timed(action, prepare=lambda: None) -> float:
+    """Seconds ``action()`` takes, after ``prepare()``."""
+    prepare()
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def run_cases(run_dir: Path, val_set, repeats: int) -> dict[str, list[float]]:
+    """Times of the dashboard's gallery refresh and of the run viewer's Reload and score slider."""
+    model, _ = load_model(run_dir / CHECKPOINT_NAME, "cpu")
+    dashboard = TrainingDashboard(gallery=val_set, gallery_indices=(0, 1, 2, 3), frontend=True)
+    state = type("State", (), {"model": model, "device": torch.device("cpu"), "step": 0})()
+    viewer = RunViewer(run_dir, gallery=val_set, gallery_indices=(0, 1, 2, 3), frontend=True)
+    history = TrainHistory.load(run_dir / HISTORY_NAME)
+
+    def grow_history() -> None:  # what a running training does between two reloads
+        history.steps.append(dict(history.steps[-1], step=history.steps[-1]["step"] + 1))
+        history.save(run_dir / HISTORY_NAME)
+
+    def new_checkpoint() -> None:  # the same weights, a new file (as train's atomic replace)
+        shutil.copy(run_dir / CHECKPOINT_NAME, run_dir / "copy.tmp")
+        os.replace(run_dir / "copy.tmp", run_dir / CHECKPOINT_NAME)
+
+    thresholds = [0.3 + 0.1 * (k % 4) for k in range(repeats)]
+    return {
+        "dashboard: gallery refresh (4 images)": [timed(lambda: dashboard.refresh_gallery(state)) for _ in range(repeats)],
+        "run viewer: Reload, history grew": [timed(viewer.reload, grow_history) for _ in range(repeats)],
+        "run viewer: Reload, new checkpoint (4 images)": [timed(viewer.reload, new_checkpoint) for _ in range(repeats)],
+        "run viewer: score slider": [timed(lambda t=t: setattr(viewer.score_slider, "value", t)) for t in thresholds],
+    }  # fmt: skip
 
 
 def timed_update(widget, control, value) -> float:
@@ -47,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="checkpoint.pt of a trained model (default: untrained)")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the notebooks use 1)")
+    parser.add_argument("--run-steps", type=int, default=30, help="steps of the run the dashboard timings use")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.stdout = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # line-buffered
@@ -75,11 +116,15 @@ def main(argv: list[str] | None = None) -> int:
             "proposal viewer: NMS IoU": (viewer, viewer.nms_iou, [0.5 + 0.05 * (k % 8) for k in range(r)]),
             "proposal viewer: post-NMS top-k": (viewer, viewer.post_nms_top_n, [10 + 10 * k for k in range(r)]),
         }  # fmt: skip
-        print(f"{'update':<42}{'median s':>10}{'worst s':>10}{'median / 1 s budget':>22}")
-        for name, (widget, control, values) in cases.items():
-            times = [timed_update(widget, control, v) for v in values]
-            median = statistics.median(times)
-            print(f"{name:<42}{median:>10.3f}{max(times):>10.3f}{median / BUDGET_S:>22.2f}")
+        times = {name: [timed_update(widget, control, v) for v in values] for name, (widget, control, values) in cases.items()}
+        run_cfg = override(shortened(cfg, args.run_steps), "train.images_per_batch", 2)
+        print(f"training a {args.run_steps}-step run for the dashboard and the run viewer ...")
+        train(run_cfg, Path(tmp) / "run", callbacks=[], datasets=(build_datasets(run_cfg)[0], None))
+        times |= run_cases(Path(tmp) / "run", val_set, r)
+        print(f"{'update':<48}{'median s':>10}{'worst s':>10}{'median / 1 s budget':>22}")
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(f"{name:<48}{median:>10.3f}{max(values):>10.3f}{median / BUDGET_S:>22.2f}")
     return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 from torch import Tensor
 
 from mnc_teach import viz
@@ -25,6 +26,7 @@ from mnc_teach.checkpoint import TrainHistory
 __all__ = ["draw_history", "draw_prediction_gallery", "figure_png", "new_gallery_figure", "plot_history"]
 
 MAX_POINTS = 2000  # longer curves are thinned to every k-th step for drawing (the history keeps all)
+LOG_DECADES = 4  # the loss axis spans at most this many decades below the largest loss
 SCORE_THRESHOLD = 0.5  # the gallery draws the detections scoring at least this
 MAX_DRAWN = 10  # the gallery draws at most this many detections per image (the highest scores)
 GID_NO_DETECTIONS = "no-detections"  # the "no detections >= t" text of a gallery image
@@ -59,6 +61,11 @@ def draw_history(fig: Figure, history: TrainHistory, max_steps: int | None = Non
                              label=name if split == "train" else None)  # fmt: skip
     if history.steps:
         ax_loss.set_yscale("log")
+        positive = [y for line in ax_loss.lines for y in line.get_ydata() if y > 0]
+        if positive:  # at most LOG_DECADES decades: a term near 0 would squeeze the others (and slow the drawing)
+            ax_loss.set_ylim(bottom=max(min(positive), max(positive) * 10.0**-LOG_DECADES) / 1.5, top=max(positive) * 1.5)
+        ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # "0.01": plain text draws faster than mathtext 10^-2
+        ax_loss.yaxis.set_minor_formatter(NullFormatter())
         handles, _ = ax_loss.get_legend_handles_labels()
         if history.val:
             handles.append(Line2D([], [], ls="--", marker="o", color="gray", label="validation"))
