@@ -76,8 +76,8 @@ def gallery_items(gallery: Any, indices: Sequence[int] | None = None) -> list[tu
 @torch.no_grad()
 def predict_images(model: nn.Module, images: Sequence[Tensor], device: torch.device | None = None) -> list[dict]:
     """The model's detections of each image (eval mode, no grad), on the CPU. Images of one size go
-    through in one batch: no padding, so the detections of one by one up to float rounding, and about
-    20% faster on a CPU. The model's mode and the RNG are left as they were: a training run goes on unchanged."""
+    through in one batch: no padding, so the detections equal those of one image at a time up to float
+    rounding, and come about 20% faster on a CPU. The model's mode and the RNG are left as they were: a training run goes on unchanged."""
     device = next(model.parameters()).device if device is None else torch.device(device)
     by_size: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
