@@ -27,11 +27,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from mnc_teach import train as train_module
 from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory, load_checkpoint
-from mnc_teach.config import MNCConfig, override
 from mnc_teach.dashboard import gallery_items, has_widget_frontend, predict_images
-from mnc_teach.train import format_seconds
+from mnc_teach.train import format_seconds, model_from_checkpoint
 from mnc_teach.viz_training import (
     LOSS_FIGSIZE,
     SCORE_THRESHOLD,
@@ -162,11 +160,9 @@ class RunViewer:
             self.checkpoint_step, self.model, self._checkpoint_key = None, None, None
             return True
         checkpoint = _read_retrying(path, load_checkpoint)  # weights, config and step of one and the same file
-        cfg = MNCConfig.from_dict(checkpoint["config"])
+        self.model, cfg = model_from_checkpoint(checkpoint, self.device)
         self.max_steps, self.checkpoint_step = cfg.train.max_steps, int(checkpoint["step"])
-        model = train_module._build_model(override(cfg, "backbone.pretrained", False))  # as load_model does
-        model.load_state_dict(checkpoint["model"])
-        self.model, self._checkpoint_key = model.to(self.device).eval(), key
+        self._checkpoint_key = key
         return True
 
     @property

@@ -52,7 +52,7 @@ from mnc_teach.data.voc import VOCInstanceSegmentation
 
 __all__ = [
     "Callback", "ProgressPrinter", "TrainState", "build_datasets", "epoch_order",
-    "cpu_threads", "load_model", "lr_factor", "make_optimizer", "predict", "train",
+    "cpu_threads", "load_model", "lr_factor", "make_optimizer", "model_from_checkpoint", "predict", "train",
     "train_one_epoch", "train_one_step", "validation_losses",
 ]  # fmt: skip
 
@@ -450,7 +450,11 @@ def _run(state: TrainState, callbacks: list, train_ds: Dataset, val_ds: Dataset 
 
 def load_model(checkpoint_path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:
     """The trained model (in eval mode, on ``device``) and its config, from a checkpoint."""
-    checkpoint = load_checkpoint(checkpoint_path)
+    return model_from_checkpoint(load_checkpoint(checkpoint_path), device)
+
+
+def model_from_checkpoint(checkpoint: dict, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:
+    """:func:`load_model` for a checkpoint already read (``load_checkpoint``), e.g. to read its step too."""
     cfg = MNCConfig.from_dict(checkpoint["config"])
     model = _build_model(override(cfg, "backbone.pretrained", False))  # the weights come from the checkpoint
     model.load_state_dict(checkpoint["model"])
