@@ -33,7 +33,7 @@ from mnc_teach.boxes import box_area, box_iou
 __all__ = [
     "moving_average",
     "GID_BOX", "GID_MASK", "GID_LABEL", "GID_IGNORE", "GID_ANCHORS", "GID_GT",
-    "instance_colors", "count_artists", "label_map_to_rgb", "draw_instances",
+    "instance_colors", "best_detections", "count_artists", "label_map_to_rgb", "draw_instances",
     "draw_label_maps", "draw_anchors", "draw_boxes_and_iou", "draw_box_coding", "draw_nms",
 ]
 
@@ -82,6 +82,22 @@ def instance_colors(n: int) -> np.ndarray:
     palette = plt.get_cmap("tab20").colors
     order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # 10 strong colours, then their light twins
     return np.array([palette[order[i % 20]] for i in range(n)], dtype=np.float64).reshape(n, 3)
+
+
+def best_detections(detections: dict, score_threshold: float = 0.0,
+                    max_count: int | None = None) -> tuple[dict, np.ndarray, int]:  # fmt: skip
+    """The (at most ``max_count``) highest-scoring detections with ``score >= score_threshold``, best first.
+
+    Returns:
+        ``(subset, colors, num_above)``: the detection dict restricted to them (tensors indexed,
+        other values kept), the colour each has among all detections (``instance_colors``, so a
+        detection keeps its colour whatever the threshold), and how many scored >= the threshold.
+    """
+    scores = torch.as_tensor(detections["scores"])
+    above = torch.nonzero(scores >= score_threshold).flatten()  # (A,)
+    keep = above[scores[above].argsort(descending=True, stable=True)[:max_count]]  # (<= max_count,)
+    subset = {key: value[keep] if isinstance(value, Tensor) else value for key, value in detections.items()}
+    return subset, instance_colors(len(scores))[keep.numpy()], len(above)
 
 
 def count_artists(fig: Figure, gid: str) -> int:

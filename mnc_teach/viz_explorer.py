@@ -196,14 +196,12 @@ def draw_stage_view(
     _mask_panel(axes[1, 2], view.mask_s4, s4_title, mask_threshold)
 
     ax = axes[1, 3]  # final detections
-    scores = viz._as_numpy(detections["scores"]).reshape(-1)
-    shown = [i for i in np.argsort(-scores, kind="stable")[:top_n] if scores[i] >= score_threshold]
-    binary = (viz._as_numpy(detections["masks"])[shown, 0] >= mask_threshold).astype(np.uint8)  # (D', H, W)
-    subset = {"boxes": viz._as_numpy(detections["boxes"])[shown], "labels": viz._as_numpy(detections["labels"])[shown],
-              "scores": scores[shown], "masks": binary}  # fmt: skip
-    title = (f"detections: best {len(shown)} of {len(scores)}\nscoring >= {score_threshold:g}" if shown
-             else f"no detections scoring >= {score_threshold:g}\n({len(scores)} in all)")  # fmt: skip
-    viz.draw_instances(view.image, subset, class_names, ax=ax, title=title)
+    subset, colors, _ = viz.best_detections(detections, score_threshold, top_n)
+    subset["masks"] = (subset["masks"][:, 0] >= mask_threshold).to(torch.uint8)  # (D', H, W) at the mask threshold
+    num_shown, num_all = len(subset["scores"]), len(detections["scores"])
+    title = (f"detections: best {num_shown} of {num_all}\nscoring >= {score_threshold:g}" if num_shown
+             else f"no detections scoring >= {score_threshold:g}\n({num_all} in all)")  # fmt: skip
+    viz.draw_instances(view.image, subset, class_names, ax=ax, title=title, colors=colors)
     fig.suptitle(f"RoI {view.roi_rank + 1} of {view.num_rois} (by stage-3 foreground score), orange in every panel",
                  fontsize=10)  # fmt: skip
     fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.06, wspace=0.12, hspace=0.42)  # not tight_layout: 0.2 s

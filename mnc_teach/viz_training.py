@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
@@ -123,15 +122,13 @@ def draw_prediction_gallery(fig: Figure, images: Sequence[Tensor], targets: Sequ
     for k, (image, target, found) in enumerate(zip(images, targets, detections, strict=True)):
         name = target.get("image_id", f"image {k}")
         viz.draw_instances(image, target, class_names, ax=axes[0, k], title=f"{name}: ground truth")
-        above = torch.nonzero(found["scores"] >= score_threshold).flatten()
-        keep = above[found["scores"][above].argsort(descending=True)[:max_drawn]]  # (<= max_drawn,)
-        colors = viz.instance_colors(len(found["scores"]))[keep.numpy()]  # each detection keeps its colour
-        shown = {key: value[keep] if isinstance(value, Tensor) else value for key, value in found.items()}
-        count = f"{len(keep)}" if len(keep) == len(above) else f"{len(keep)} of {len(above)}"
+        shown, colors, num_above = viz.best_detections(found, score_threshold, max_drawn)
+        num_shown = len(shown["scores"])
+        count = f"{num_shown}" if num_shown == num_above else f"{num_shown} of {num_above}"
         when = "" if step is None else f"step {step}: "
         viz.draw_instances(image, shown, class_names, ax=axes[1, k], colors=colors,
                            title=f"{when}{count} with score >= {score_threshold:g}")  # fmt: skip
-        if len(keep) == 0:
+        if num_shown == 0:
             axes[1, k].text(0.5, 0.5, f"no detections >= {score_threshold:g}", transform=axes[1, k].transAxes,
                             ha="center", va="center", fontsize=8, gid=GID_NO_DETECTIONS,
                             bbox={"facecolor": "white", "alpha": 0.8})  # fmt: skip

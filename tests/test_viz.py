@@ -195,3 +195,17 @@ def test_draw_nms_before_and_after():
     np.testing.assert_allclose([r.get_xy() for r in kept_rects], boxes[keep, :2].numpy(), rtol=1e-6)
     assert [t.get_text() for t in after.texts] == [f"{s:.2f}" for s in scores[keep].tolist()]
     assert after.get_title() == f"after NMS: {len(keep)} kept (IoU threshold 0.3)"
+
+
+def test_best_detections_keeps_the_best_above_the_threshold_with_their_colours() -> None:
+    from mnc_teach.viz import best_detections, instance_colors
+
+    detections = {"boxes": torch.arange(20.0).view(5, 4), "labels": torch.tensor([1, 2, 1, 3, 2]),
+                  "scores": torch.tensor([0.2, 0.9, 0.6, 0.95, 0.4]), "image_id": "x"}  # fmt: skip
+    subset, colors, num_above = best_detections(detections, score_threshold=0.5, max_count=2)
+    assert num_above == 3  # 0.9, 0.6, 0.95
+    assert subset["scores"].tolist() == pytest.approx([0.95, 0.9]) and subset["labels"].tolist() == [3, 2]
+    assert torch.equal(subset["boxes"], detections["boxes"][[3, 1]]) and subset["image_id"] == "x"
+    assert np.array_equal(colors, instance_colors(5)[[3, 1]])
+    none, no_colors, zero = best_detections(detections, score_threshold=0.99)
+    assert len(none["scores"]) == 0 and no_colors.shape == (0, 3) and zero == 0
