@@ -114,6 +114,7 @@ class ProposalViewer(_ModelExplorer):
         self.model, self.dataset, self.max_boxes = model, dataset, max_boxes
         rpn = model.rpn
         self._cache: dict[int, _RPNResult] = {}
+        self._curves: tuple | None = None  # (settings, _dataset_curves() result)
         self.recall_indices = list(range(min(recall_images, len(dataset))))
         for i in self.recall_indices:
             self._rpn_result(i)
@@ -153,19 +154,29 @@ class ProposalViewer(_ModelExplorer):
         return generate_proposals(result.anchors, result.logits, result.deltas, result.size, self.pre_nms_top_n.value,
                                   self.post_nms_top_n.value, self.nms_iou.value, self.model.rpn.min_size)  # fmt: skip
 
+    def _dataset_curves(self) -> tuple[list[int], dict[str, list[float]], dict[float, float]]:
+        """Recall over the recall images against the number of proposals kept, for the current settings:
+        ``(counts, curves "IoU t" -> recall per count, recall at the post-NMS top-k per IoU)``. Kept until
+        a setting changes (picking another image does not change it)."""
+        settings = (self.pre_nms_top_n.value, self.post_nms_top_n.value, self.nms_iou.value)
+        if self._curves is None or self._curves[0] != settings:
+            counts = [n for n in RECALL_COUNTS if n < self.post_nms_top_n.value] + [self.post_nms_top_n.value]
+            proposals = [(self._proposals(self._cache[i])[0], self._cache[i].gt_boxes) for i in self.recall_indices]
+            curves, final = {}, {}
+            for iou in RECALL_IOUS:
+                hits = [[_recall(boxes[:n], gt, iou) for boxes, gt in proposals] for n in counts]  # [n][image]
+                curves[f"IoU {iou:g}"] = [sum(h for h, _ in row) / max(sum(g for _, g in row), 1) for row in hits]
+                final[iou] = curves[f"IoU {iou:g}"][-1]
+            self._curves = (settings, (counts, curves, final))
+        return self._curves[1]
+
     def update(self, change: dict | None = None) -> None:
         """Recompute the proposals and the recall for the current settings and redraw."""
         start = time.perf_counter()
         result = self._rpn_result(self.index.value)
         self.boxes, self.scores = self._proposals(result)
         per_image = {iou: _recall(self.boxes, result.gt_boxes, iou) for iou in RECALL_IOUS}
-        counts = [n for n in RECALL_COUNTS if n < self.post_nms_top_n.value] + [self.post_nms_top_n.value]
-        dataset_proposals = [(self._proposals(self._cache[i])[0], self._cache[i].gt_boxes) for i in self.recall_indices]
-        curves, dataset_recall = {}, {}
-        for iou in RECALL_IOUS:
-            hits = [[_recall(boxes[:n], gt, iou) for boxes, gt in dataset_proposals] for n in counts]  # [n][image]
-            curves[f"IoU {iou:g}"] = [sum(h for h, _ in row) / max(sum(g for _, g in row), 1) for row in hits]
-            dataset_recall[iou] = curves[f"IoU {iou:g}"][-1]
+        counts, curves, dataset_recall = self._dataset_curves()
         self.last_recall = {"image": {iou: h / g if g else float("nan") for iou, (h, g) in per_image.items()},
                             "dataset": dataset_recall}  # fmt: skip
         title = f"recall over {len(self.recall_indices)} images (dotted: post-NMS top-k)"
