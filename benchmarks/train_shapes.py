@@ -3,12 +3,12 @@
     python benchmarks/train_shapes.py [--out DIR] [--steps N] [--data-root DIR] [--threads T]
 
 The shapes dataset is generated in ``--data-root`` when it is missing (1000 train / 200 val
-images by default, as the course). Training uses ``mnc_teach.train.train`` with the preset
+images by default, as the course). Training uses ``mnc_teach.engine.loop.train`` with the preset
 as it is, except: ``--steps N`` shortens the schedule, scaling the learning-rate drops and the
 warm-up by ``N / max_steps`` so that a short run is a compressed version of the full one;
 validation losses are skipped (they do not change the weights) so that the training time is
 the training alone. The run is written to ``--out`` (replacing an earlier one there). Then
-``mnc_teach.train.predict`` runs the model on every val image and ``evaluate_predictions``
+``mnc_teach.engine.inference.predict`` runs the model on every val image and ``evaluate_predictions``
 scores the results. Prints wall times, images/s and mAP^r at 0.5 / 0.7 (area under the PR
 curve and VOC07 11-point). Nothing is asserted. At full length it takes a long time on a
 CPU (the preset's steps x images per step); the CPU is best left otherwise idle.
@@ -26,8 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from mnc_teach.config import get_preset, override, shortened  # noqa: E402
 from mnc_teach.data import generate_shapes  # noqa: E402
-from mnc_teach.evaluate import evaluate_predictions  # noqa: E402
-from mnc_teach.train import build_datasets, load_model, predict, train  # noqa: E402
+from mnc_teach.engine.checkpoint import load_model
+from mnc_teach.engine.inference import predict
+from mnc_teach.engine.loop import build_datasets, train  # noqa: E402
+from mnc_teach.evaluation.report import evaluate_predictions  # noqa: E402
 
 PRESET = "shapes-cpu"
 REPO = Path(__file__).resolve().parents[1]

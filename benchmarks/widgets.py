@@ -27,15 +27,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import torch  # noqa: E402
+from mnc_teach.widgets.dashboard import TrainingDashboard  # noqa: E402
+from mnc_teach.widgets.explorers import ProposalViewer, StageExplorer  # noqa: E402
+from mnc_teach.widgets.run_viewer import RunViewer  # noqa: E402
 
 from mnc_teach.cascade import build_mnc  # noqa: E402
-from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory  # noqa: E402
 from mnc_teach.config import get_preset, override, shortened  # noqa: E402
-from mnc_teach.dashboard import TrainingDashboard  # noqa: E402
 from mnc_teach.data import generate_shapes  # noqa: E402
-from mnc_teach.run_viewer import RunViewer  # noqa: E402
-from mnc_teach.train import build_datasets, load_model, train  # noqa: E402
-from mnc_teach.widgets_cascade import ProposalViewer, StageExplorer  # noqa: E402
+from mnc_teach.engine.checkpoint import load_model
+from mnc_teach.engine.loop import build_datasets, train  # noqa: E402
+from mnc_teach.engine.state import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory  # noqa: E402
 
 BUDGET_S = 1.0
 

@@ -48,9 +48,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mnc_teach.data.voc import VOCInstanceSegmentation
-    from mnc_teach.evaluate import evaluate_predictions
+    from mnc_teach.evaluation.coco import load_predictions
+    from mnc_teach.evaluation.report import evaluate_predictions
     from mnc_teach.fileio import write_text_atomically
-    from mnc_teach.predictions import load_predictions
 
     dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format)
     # validated once, here, so that errors name the file
@@ -101,9 +101,10 @@ def _apply_setting(cfg, assignment: str):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mnc_teach.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, load_checkpoint
     from mnc_teach.config import MNCConfig, get_preset, override
-    from mnc_teach.train import train
+    from mnc_teach.engine.checkpoint import load_checkpoint
+    from mnc_teach.engine.loop import train
+    from mnc_teach.engine.state import CHECKPOINT_NAME, HISTORY_NAME
 
     out = Path(args.out)
     if args.resume and args.preset is None:  # the checkpoint's own settings
@@ -131,8 +132,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from mnc_teach.data.transforms import ResizeShortestSide
     from mnc_teach.data.voc import VOCInstanceSegmentation
-    from mnc_teach.predictions import save_predictions
-    from mnc_teach.train import cpu_threads, load_model, predict
+    from mnc_teach.engine.checkpoint import load_model
+    from mnc_teach.engine.inference import cpu_threads, predict
+    from mnc_teach.evaluation.coco import save_predictions
 
     model, cfg = load_model(args.checkpoint, device=args.device)
     resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)  # the scale the model was trained at

@@ -30,7 +30,7 @@ import pytest
 
 from mnc_teach.config import get_preset, override, shortened
 from mnc_teach.data import generate_shapes
-from mnc_teach.train import train
+from mnc_teach.engine.loop import train
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

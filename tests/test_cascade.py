@@ -11,8 +11,8 @@ import torch
 from mnc_teach.boxes import masks_to_boxes
 from mnc_teach.cascade import MNC, batch_images, build_mnc, refine_boxes
 from mnc_teach.config import override, shapes_cpu
+from mnc_teach.engine.loop import make_optimizer
 from mnc_teach.structures import empty_target
-from mnc_teach.train import make_optimizer
 
 STAGE_123_KEYS = {"loss_rpn_obj", "loss_rpn_box", "loss_mask", "loss_cls", "loss_cls_box", "loss_box"}
 STAGE_45_KEYS = {"loss_mask_s4", "loss_cls_s5", "loss_cls_box_s5", "loss_box_s5"}

@@ -1,6 +1,6 @@
 """`python -m mnc_teach` commands end to end: shapes, download (offline path), evaluate, train, predict.
 
-train and predict run with test_train's FakeMNC in place of build_mnc, so they take seconds.
+train and predict run with test_engine_loop's FakeMNC in place of build_mnc, so they take seconds.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import FakeMNC, fake_model
+from test_engine_loop import FakeMNC, fake_model
 
-from mnc_teach import train as train_module
-from mnc_teach.checkpoint import TrainHistory, load_checkpoint
 from mnc_teach.cli import main
 from mnc_teach.config import shapes_cpu
 from mnc_teach.data.voc import VOCInstanceSegmentation
-from mnc_teach.evaluate import evaluate_predictions
-from mnc_teach.predictions import encode_mask, load_predictions, save_predictions
+from mnc_teach.engine import checkpoint as checkpoint_module
+from mnc_teach.engine import loop as loop_module
+from mnc_teach.engine.checkpoint import load_checkpoint
+from mnc_teach.engine.state import TrainHistory
+from mnc_teach.evaluation.coco import encode_mask, load_predictions, save_predictions
+from mnc_teach.evaluation.report import evaluate_predictions
 
 SMALL = ["--train", "6", "--val", "4", "--image-size", "64"]
 
@@ -136,7 +138,8 @@ def fake_build_mnc(monkeypatch: pytest.MonkeyPatch) -> list:
         built.append(fake_model())
         return built[-1]
 
-    monkeypatch.setattr(train_module, "_build_model", build)
+    monkeypatch.setattr(loop_module, "build_mnc", build)  # training
+    monkeypatch.setattr(checkpoint_module, "build_mnc", build)  # load_model (predict)
     return built
 
 
@@ -179,7 +182,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(shapes_root: Path, tmp
                 signal.raise_signal(signal.SIGINT)
             return super().forward(images, targets, detect)
 
-    monkeypatch.setattr(train_module, "_build_model", lambda cfg: InterruptedMNC())
+    monkeypatch.setattr(loop_module, "build_mnc", lambda cfg: InterruptedMNC())
     out = tmp_path / "run"
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run in the background (nohup, &)
     assert main(_train_argv(out, shapes_root, "--steps", "50", "--set", "train.accumulate=1")) == 0

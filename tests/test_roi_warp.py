@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch.autograd import gradcheck
 
-from mnc_teach.checks import check_roi_warp
+from mnc_teach.course.checks import check_roi_warp
 from mnc_teach.roi_warp import (
     CODE_WARP_POOL,
     PAPER_OUTPUT_SIZE,
@@ -20,8 +20,8 @@ from mnc_teach.roi_warp import (
     roi_warp_pool,
     sample_positions,
 )
-from mnc_teach.viz import count_artists
-from mnc_teach.viz_roi import (
+from mnc_teach.viz.common import count_artists
+from mnc_teach.viz.roi_warp import (
     GID_CELL_VALUE,
     GID_PATH_BOX,
     GID_ROI,
@@ -280,7 +280,7 @@ def test_module_rejects_bad_settings(kwargs) -> None:
         RoIWarpPool(**kwargs)
 
 
-# ---- the notebook's exercise checker (mnc_teach.checks.check_roi_warp) ----
+# ---- the notebook's exercise checker (mnc_teach.course.checks.check_roi_warp) ----
 
 
 def _bilinear(feature: torch.Tensor, x: float, y: float, transpose: bool = False, zero_left: bool = False,
@@ -328,7 +328,7 @@ def test_check_roi_warp_diagnoses_mistakes(wrong, expected_in_output, capsys) ->
     assert out.startswith("✗") and expected_in_output in out, out
 
 
-# ---- drawings for notebook 03 (mnc_teach.viz_roi) ----
+# ---- drawings for notebook 03 (mnc_teach.viz.roi_warp) ----
 
 
 def test_drawings_show_one_artist_per_object() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from mnc_teach.viz import GID_GT, count_artists, moving_average
-from mnc_teach.viz_inference import (
+from mnc_teach.viz.common import GID_GT, count_artists, moving_average
+from mnc_teach.viz.inference import (
     GID_KEPT_BOX,
     GID_OWN_MASK,
     GID_REFINED_BOX,

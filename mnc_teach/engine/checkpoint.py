@@ -1,0 +1,142 @@
+"""Checkpoints: what a training run writes, how it is read back, and the model it holds (DESIGN.md §6).
+
+    out_dir/checkpoint.pt   model, optimiser, scheduler, scaler, step, config, RNG states and history;
+                            written atomically (temp file + ``os.replace``), read with ``weights_only=True``
+    out_dir/history.json    the loss curves (:class:`~mnc_teach.engine.state.TrainHistory`), for plots of
+                            running or finished runs; written at the start, after each validation and with
+                            each checkpoint
+
+``restore_checkpoint`` puts a :class:`~mnc_teach.engine.state.TrainState` back exactly as it was
+saved, so a resumed run continues the loss curve of the uninterrupted one. ``load_model`` builds
+the trained model of a checkpoint; the widgets use it without importing the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnc_teach.cascade import build_mnc
+from mnc_teach.config import MNCConfig, override
+from mnc_teach.engine.inference import resolve_device
+from mnc_teach.engine.state import HISTORY_NAME, TrainHistory, TrainState
+from mnc_teach.fileio import write_atomically
+
+__all__ = [
+    "RESUMABLE_CHANGES", "changed_settings", "load_checkpoint", "load_model", "model_from_checkpoint",
+    "restore_checkpoint", "rng_states", "save_checkpoint", "save_history", "seed_everything", "set_rng_states",
+]  # fmt: skip
+
+# Settings a resumed run may change; anything else must match the checkpoint's config.
+RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.log_every", "train.val_every",
+                     "data.root", "data.num_workers"}  # fmt: skip
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG the run draws from, as tensors and plain values (loadable with ``weights_only=True``).
+    The data order and flips need no state: they are a function of ``(seed, step)``."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+    }  # fmt: skip
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n, p = states["numpy"], states["python"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def save_checkpoint(state: TrainState) -> Path:
+    """Write ``out_dir/checkpoint.pt`` atomically (temp file + ``os.replace``), then ``history.json``."""
+    checkpoint = {
+        "step": state.step, "config": state.cfg.to_dict(), "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(), "rng": rng_states(), "history": state.history.to_dict(),
+    }  # fmt: skip
+    path = write_atomically(state.checkpoint_path, lambda file: torch.save(checkpoint, file))
+    save_history(state)
+    state.checkpoint_step = state.step
+    return path
+
+
+def save_history(state: TrainState) -> Path:
+    """Write ``out_dir/history.json`` atomically: a viewer of the running run reads whole files only."""
+    path = state.out_dir / HISTORY_NAME
+    state.history.save(path)  # creates out_dir if missing
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and plain values only)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path}; train one with `python -m mnc_teach train --out {path.parent}`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
+        raise ValueError(f"cannot read checkpoint {path} ({error}); it is corrupt or not an mnc_teach checkpoint") from error
+
+
+def changed_settings(new: dict, old: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config values that differ (tuples and lists compare equal)."""
+    changed = []
+    for key in sorted(new.keys() | old.keys()):
+        a, b = new.get(key), old.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_settings(a, b, f"{prefix}{key}.")
+        elif json.dumps(a) != json.dumps(b):
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def restore_checkpoint(state: TrainState, checkpoint: dict[str, Any]) -> None:
+    """Put model, optimiser, scheduler, scaler, step, history and RNG states back as they were saved."""
+    changed = [k for k in changed_settings(state.cfg.to_dict(), checkpoint["config"]) if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(
+            f"{state.checkpoint_path} was trained with other settings ({', '.join(changed)}); resume with the "
+            "checkpoint's config (MNCConfig.from_dict(load_checkpoint(path)['config'])), or train into a new folder"
+        )
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    if checkpoint["scaler"] and state.scaler.is_enabled():  # a CPU run saves an empty (disabled) scaler
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    state.step = state.start_step = state.checkpoint_step = checkpoint["step"]
+    state.history = TrainHistory.from_dict(checkpoint["history"])
+    set_rng_states(checkpoint["rng"])
+
+
+def load_model(checkpoint_path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:
+    """The trained model (in eval mode, on ``device``) and its config, from a checkpoint."""
+    return model_from_checkpoint(load_checkpoint(checkpoint_path), device)
+
+
+def model_from_checkpoint(checkpoint: dict, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:
+    """:func:`load_model` for a checkpoint already read (``load_checkpoint``), e.g. to read its step too."""
+    cfg = MNCConfig.from_dict(checkpoint["config"])
+    model = build_mnc(override(cfg, "backbone.pretrained", False))  # the weights come from the checkpoint
+    model.load_state_dict(checkpoint["model"])
+    return model.to(resolve_device(device)).eval(), cfg

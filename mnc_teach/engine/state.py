@@ -1,0 +1,157 @@
+"""What a training run is while it runs: its state, its history, and the callbacks that watch it.
+
+    TrainState     everything the loop works with; callbacks read it (or set ``stop_requested``)
+    TrainHistory   the loss curves of a run, saved as ``history.json`` next to the checkpoint
+    Callback       the four events the loop calls; ProgressPrinter is the default one
+
+The loop (:mod:`mnc_teach.engine.loop`) fills these; checkpoints
+(:mod:`mnc_teach.engine.checkpoint`) save and restore them; the dashboard and the run viewer
+(:mod:`mnc_teach.widgets`) read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mnc_teach.config import MNCConfig
+from mnc_teach.fileio import write_text_atomically
+
+__all__ = [
+    "CHECKPOINT_NAME", "HISTORY_NAME", "Callback", "ProgressPrinter", "TrainHistory", "TrainState",
+    "call_callbacks", "format_seconds",
+]  # fmt: skip
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.json"
+
+
+@dataclass
+class TrainHistory:
+    """What a run measured. ``steps``: one dict per optimiser step with ``step``, every loss
+    term, ``total``, ``lr`` and ``images_per_s``; ``val``: one dict per validation with
+    ``step``, every loss term and ``total``. Saved as ``history.json`` next to the checkpoint."""
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+
+    def terms(self) -> list[str]:
+        """Loss term names (``loss_*``) in the order they first appear."""
+        names = {key: None for entry in self.steps + self.val for key in entry if key.startswith("loss_")}
+        return list(names)
+
+    def to_dict(self) -> dict[str, list[dict[str, float]]]:
+        return {"steps": self.steps, "val": self.val}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainHistory:
+        return cls(steps=list(values.get("steps", [])), val=list(values.get("val", [])))
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text_atomically(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainHistory:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class TrainState:
+    """Everything the loop works with; callbacks receive it (read it, or set ``stop_requested``)."""
+
+    cfg: MNCConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    out_dir: Path
+    history: TrainHistory
+    max_steps: int
+    step: int = 0  # optimiser steps done
+    start_step: int = 0  # step this session started from (> 0 after resume)
+    checkpoint_step: int = -1  # step of the last checkpoint written or loaded
+    losses: dict[str, float] = field(default_factory=dict)  # last step: each term and "total"
+    val_losses: dict[str, float] | None = None  # last validation
+    lr: float = 0.0  # learning rate of the last step
+    images_per_s: float = 0.0
+    elapsed_s: float = 0.0  # wall time of this session so far
+    stop_requested: bool = False
+
+    @property
+    def eta_s(self) -> float:
+        """Seconds left at this session's average speed (nan before the first step)."""
+        done = self.step - self.start_step
+        return (self.max_steps - self.step) * self.elapsed_s / done if done else float("nan")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+
+class Callback(Protocol):
+    """What the loop calls; a callback may define any subset of these methods."""
+
+    def on_train_start(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
+    def on_validation(self, state: TrainState) -> None: ...
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+def call_callbacks(callbacks: Sequence[Any], event: str, state: TrainState) -> None:
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if method is not None:
+            method(state)
+
+
+def format_seconds(seconds: float) -> str:
+    """``1m05s``, ``2h03m``; ``?`` for nan."""
+    if not np.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+class ProgressPrinter:
+    """The default callback: a tqdm bar over the steps and a printed line every ``log_every`` steps."""
+
+    def __init__(self, log_every: int | None = None, bar: bool = True) -> None:
+        self.log_every, self.bar, self._tqdm = log_every, bar, None
+
+    def _print(self, line: str) -> None:
+        (self._tqdm.write if self._tqdm is not None else print)(line)
+
+    def on_train_start(self, state: TrainState) -> None:
+        if self.bar:
+            self._tqdm = tqdm(total=state.max_steps, initial=state.step, desc="train", unit="step")
+        self._print(f"training {state.max_steps - state.step} steps on {state.device} -> {state.checkpoint_path}")
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self._tqdm is not None:
+            self._tqdm.update(1)
+            self._tqdm.set_postfix(loss=f"{state.losses['total']:.3f}", refresh=False)
+        every = self.log_every or state.cfg.train.log_every
+        if state.step % every == 0 or state.step == state.max_steps:
+            terms = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in state.losses.items() if k != "total")
+            self._print(f"step {state.step}/{state.max_steps}  loss {state.losses['total']:.4f}  ({terms})  "
+                        f"lr {state.lr:.2e}  {state.images_per_s:.1f} img/s  eta {format_seconds(state.eta_s)}")
+
+    def on_validation(self, state: TrainState) -> None:
+        terms = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in state.val_losses.items() if k != "total")
+        self._print(f"step {state.step}: val loss {state.val_losses['total']:.4f}  ({terms})")
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        how = "stopped" if state.step < state.max_steps else "finished"
+        self._print(f"{how} at step {state.step}; checkpoint {state.checkpoint_path}")

@@ -1,0 +1,143 @@
+"""Per-detection outcome of SDS matching: which predictions are TP or FP (and why), which GT are missed.
+
+:func:`evaluate.evaluate_sds` reduces the matching to precision/recall curves and AP.
+:func:`analyze_matches` runs the same matching (``match_detections`` on the same IoUs,
+``class_mask_ious``) and keeps, for every prediction and every GT instance, what happened to
+it, so that a notebook can count and show the failures: false positives (by cause), missed
+instances, and matches whose mask is poor.
+
+Shape legend (structures.py): P predictions over the whole set, G ground-truth instances of
+one image, K foreground classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mnc_teach.evaluation.coco import check_result, index_images
+from mnc_teach.evaluation.sds import class_mask_ious, match_detections
+from mnc_teach.structures import Target
+
+# The outcome of one prediction at one IoU threshold (MNC_SPEC §9.1, matching steps 3-5).
+TP = "TP"
+FP_LOW_IOU = "FP: low IoU"  # its best GT of the class overlaps less than the threshold (poor mask, wrong place)
+FP_DUPLICATE = "FP: duplicate"  # its best GT qualifies but a higher-scoring prediction matched it first
+FP_NO_GT = "FP: no GT of its class"  # its image has no instance of the predicted class (wrong class, background)
+OUTCOMES = (TP, FP_LOW_IOU, FP_DUPLICATE, FP_NO_GT)
+UNMATCHED = -1  # gt_matched_by value of a missed GT; best_gt value of a prediction with no GT of its class
+
+
+@dataclass
+class MatchAnalysis:
+    """SDS matching at one IoU threshold, per prediction (input order) and per GT instance.
+
+    ``best_gt[p]`` indexes the instances of prediction p's image (``target["masks"][best_gt[p]]``);
+    a TP is matched to its ``best_gt`` (the matcher takes the GT of largest IoU, first on ties).
+    """
+
+    iou_threshold: float
+    image: np.ndarray  # [P] int: position of the prediction's image in ground_truth
+    category: np.ndarray  # [P] int in 1..K
+    score: np.ndarray  # [P] float64
+    outcome: np.ndarray  # [P] str, one of OUTCOMES
+    best_gt: np.ndarray  # [P] int: the GT of its class with the largest mask IoU, UNMATCHED if none
+    best_iou: np.ndarray  # [P] float64: that IoU (0 when there is no GT of its class)
+    gt_matched_by: list[np.ndarray]  # per image, [G] int: the prediction that matched GT g, or UNMATCHED
+    gt_best_iou: list[np.ndarray]  # per image, [G] float64: best IoU any prediction of its class reached
+    gt_best_pred: list[np.ndarray]  # per image, [G] int: that prediction (first in input order), or UNMATCHED
+
+    @property
+    def is_tp(self) -> np.ndarray:
+        """[P] bool."""
+        return self.outcome == TP
+
+    def counts(self) -> dict[str, int]:
+        """Number of predictions of each outcome, plus ``"missed GT"`` and ``"GT"``."""
+        num_gt = sum(len(m) for m in self.gt_matched_by)
+        num_missed = sum(int((m == UNMATCHED).sum()) for m in self.gt_matched_by)
+        return {name: int((self.outcome == name).sum()) for name in OUTCOMES} | {
+            "missed GT": num_missed,
+            "GT": num_gt,
+        }
+
+    def false_positives(self) -> np.ndarray:
+        """Indices of the FP predictions, highest score first (ties: input order)."""
+        fp = np.flatnonzero(~self.is_tp)
+        return fp[np.argsort(-self.score[fp], kind="stable")]
+
+    def missed(self) -> list[tuple[int, int]]:
+        """``(image, gt)`` of every GT instance no prediction matched, nearest misses first
+        (descending ``gt_best_iou``; ties in image, then instance order)."""
+        pairs = [
+            (i, g)
+            for i, matched_by in enumerate(self.gt_matched_by)
+            for g in np.flatnonzero(matched_by == UNMATCHED).tolist()
+        ]
+        return sorted(pairs, key=lambda pair: -self.gt_best_iou[pair[0]][pair[1]])
+
+    def matched_below(self, iou: float) -> np.ndarray:
+        """Indices of the TPs whose mask IoU is below ``iou`` (e.g. matched at 0.5 but not 0.7),
+        highest score first (ties: input order)."""
+        poor = np.flatnonzero(self.is_tp & (self.best_iou < iou))
+        return poor[np.argsort(-self.score[poor], kind="stable")]
+
+
+def analyze_matches(
+    predictions: list[dict],
+    ground_truth: list[Target],
+    class_names: Sequence[str],
+    iou_threshold: float,
+    check: bool = True,
+) -> MatchAnalysis:
+    """SDS matching of COCO-format ``predictions`` against Targets, kept per prediction and per GT.
+
+    The same matching as :func:`evaluate.evaluate_sds` (per class, ``match_detections`` on the
+    detections of that class in input order), so the TPs here give exactly its precision /
+    recall curves. ``class_names`` starts with "background"; ``check`` as in ``evaluate_sds``.
+    """
+    num_classes = len(class_names) - 1
+    image_index = index_images(ground_truth, num_classes)
+    if check:
+        for p, entry in enumerate(predictions):
+            check_result(entry, f"prediction {p}", image_index, num_classes)
+    pred_ious = class_mask_ious(predictions, ground_truth, image_index)  # P arrays [G_c]
+    gt_labels = [target["labels"].cpu().numpy() for target in ground_truth]
+    category = np.array([entry["category_id"] for entry in predictions], dtype=np.int64)  # [P]
+    score = np.array([entry["score"] for entry in predictions], dtype=np.float64)  # [P]
+    image = np.array([image_index[entry["image_id"]] for entry in predictions], dtype=np.int64)  # [P]
+
+    best_gt = np.full(len(predictions), UNMATCHED, dtype=np.int64)
+    best_iou = np.zeros(len(predictions))
+    gt_best_iou = [np.zeros(len(labels)) for labels in gt_labels]
+    gt_best_pred = [np.full(len(labels), UNMATCHED, dtype=np.int64) for labels in gt_labels]
+    for p, ious in enumerate(pred_ious):
+        if len(ious):
+            class_gt = np.flatnonzero(gt_labels[image[p]] == category[p])  # [G_c] the image's instance indices
+            best = int(np.argmax(ious))
+            best_gt[p], best_iou[p] = class_gt[best], ious[best]
+            better = ious > gt_best_iou[image[p]][class_gt]  # [G_c]; IoU 0 never counts
+            gt_best_iou[image[p]][class_gt[better]] = ious[better]
+            gt_best_pred[image[p]][class_gt[better]] = p
+
+    is_tp = np.zeros(len(predictions), dtype=bool)
+    for k in range(1, num_classes + 1):
+        dets = np.flatnonzero(category == k)  # input order, as evaluate_sds
+        num_gt_per_image = [int((labels == k).sum()) for labels in gt_labels]
+        matches = match_detections(score[dets], image[dets], [pred_ious[d] for d in dets], num_gt_per_image,
+                                   iou_threshold)  # fmt: skip
+        order = np.argsort(-score[dets], kind="stable")  # match_detections' rank order
+        is_tp[dets[order]] = matches.tp
+
+    outcome = np.where(best_gt == UNMATCHED, FP_NO_GT, np.where(best_iou < iou_threshold, FP_LOW_IOU, FP_DUPLICATE))
+    outcome = np.where(is_tp, TP, outcome)
+    gt_matched_by = [np.full(len(labels), UNMATCHED, dtype=np.int64) for labels in gt_labels]
+    for p in np.flatnonzero(is_tp):
+        gt_matched_by[image[p]][best_gt[p]] = p
+    return MatchAnalysis(
+        iou_threshold=float(iou_threshold), image=image, category=category, score=score, outcome=outcome,
+        best_gt=best_gt, best_iou=best_iou, gt_matched_by=gt_matched_by, gt_best_iou=gt_best_iou,
+        gt_best_pred=gt_best_pred,
+    )  # fmt: skip

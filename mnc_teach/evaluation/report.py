@@ -1,0 +1,37 @@
+"""The numbers ``python -m mnc_teach evaluate`` prints: mAP^r (SDS) and COCO AP of one predictions list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mnc_teach.evaluation.coco import check_result, coco_evaluate
+from mnc_teach.evaluation.sds import evaluate_sds, json_float
+from mnc_teach.structures import Target
+
+__all__ = ["evaluate_predictions"]
+
+
+def evaluate_predictions(
+    predictions: list[dict],
+    ground_truth: list[Target],
+    class_names: Sequence[str],
+    check: bool = True,
+) -> dict:
+    """Both protocols in one JSON-ready dict (NaN -> None), for the CLI.
+
+    The predictions are validated once here (``check=True``), or not at all when the caller
+    already did (``check=False``), rather than once by each protocol.
+
+    Returns:
+        ``{"mAP_r@0.5": {"area": .., "voc07": ..}, "mAP_r@0.7": {..}, "per_class": {..},
+        "coco": {"AP": .., "AP50": .., ...}, "table": str}``; "table" is
+        :meth:`SDSResult.table`, for printing.
+    """
+    if check:
+        image_ids, num_classes = {target.get("image_id") for target in ground_truth}, len(class_names) - 1
+        for p, entry in enumerate(predictions):
+            check_result(entry, f"prediction {p}", image_ids, num_classes)
+    sds = evaluate_sds(predictions, ground_truth, class_names, check=False)
+    coco = coco_evaluate(predictions, ground_truth, class_names, check=False)
+    coco_json = {name: json_float(value) for name, value in coco.items()}
+    return sds.to_dict() | {"coco": coco_json, "table": sds.table()}

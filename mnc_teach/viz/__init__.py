@@ -1,0 +1,2 @@
+"""Pictures of the course: pure matplotlib drawings that return figures; they draw data, they run nothing.
+"""

@@ -1,0 +1,2 @@
+"""Interactive explorers for the notebooks (ipywidgets around the drawings of :mod:`mnc_teach.viz`).
+"""
