@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnc_teach.cascade import build_mnc  # noqa: E402
 from mnc_teach.config import override, voc_vgg16_paper  # noqa: E402
 
@@ -43,7 +44,9 @@ def time_model(model, image: torch.Tensor, repeats: int, device: torch.device) -
                 torch.cuda.synchronize()
             if i >= WARMUP:
                 times.append(time.perf_counter() - start)
-            detections = output[0][0]["boxes"].shape[0] if isinstance(output, tuple) else output[0]["boxes"].shape[0]
+            # MNC returns (detections, losses)
+            per_image = output[0] if isinstance(output, tuple) else output
+            detections = per_image[0]["boxes"].shape[0]
     return statistics.median(times), detections
 
 
@@ -60,21 +63,41 @@ def main() -> None:
     cfg = override(voc_vgg16_paper(), "backbone.pretrained", False)
     mnc = build_mnc(cfg).eval()
     maskrcnn = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=cfg.num_classes + 1, min_size=IMAGE_SIZE[0], max_size=IMAGE_SIZE[1]
+        weights=None,
+        weights_backbone=None,
+        num_classes=cfg.num_classes + 1,
+        min_size=IMAGE_SIZE[0],
+        max_size=IMAGE_SIZE[1],
     ).eval()
     image = torch.rand(3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"image {IMAGE_SIZE[0]} x {IMAGE_SIZE[1]}, random weights, median of {args.repeats} after {WARMUP} warm-up")
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
+    print(
+        f"image {IMAGE_SIZE[0]} x {IMAGE_SIZE[1]}, random weights, median of {args.repeats} "
+        f"after {WARMUP} warm-up"
+    )
     print(f"{'device':8s} {'model':34s} {'s/image':>8s} {'images/s':>9s} {'detections':>10s}")
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         results = {}
-        for label, model in (("MNC VGG-16 5-stage + voting", mnc), ("Mask R-CNN R50-FPN (torchvision)", maskrcnn)):
-            seconds, detections = time_model(model.to(device), image.to(device), args.repeats, device)
+        models = (
+            ("MNC VGG-16 5-stage + voting", mnc),
+            ("Mask R-CNN R50-FPN (torchvision)", maskrcnn),
+        )
+        for label, model in models:
+            seconds, detections = time_model(
+                model.to(device), image.to(device), args.repeats, device
+            )
             results[label] = seconds
-            print(f"{device.type:8s} {label:34s} {seconds:8.2f} {1 / seconds:9.2f} {detections:10d}")
+            print(
+                f"{device.type:8s} {label:34s} {seconds:8.2f} {1 / seconds:9.2f} {detections:10d}"
+            )
         mnc_s, mrcnn_s = results.values()
-        print(f"{device.type:8s} ratio MNC / Mask R-CNN images/s = {mrcnn_s / mnc_s:.2f}  ({name})")
+        print(
+            f"{device.type:8s} ratio MNC / Mask R-CNN images/s = {mrcnn_s / mnc_s:.2f}  ({name})"
+        )
 
 
 if __name__ == "__main__":

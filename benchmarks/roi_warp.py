@@ -4,9 +4,11 @@
 
 Setting (MNC_SPEC §3, §5): a 600 x 800 image at stride 16 gives a 1 x C x 38 x 50 feature map;
 R RoIs; 14 x 14 output. Compared, in the same run and on the same device:
-    ours pool=1   roi_warp_pool(..., 14, pool=1): one bilinear sample per output cell
-    ours pool=2   roi_warp_pool(..., 14, pool=2): warp 28 x 28, 2 x 2 max pool (the official code)
-    roi_align     torchvision.ops.roi_align(..., 14, sampling_ratio=2, aligned=True): 2 x 2 samples averaged
+    ours pool=1   roi_warp_pool(..., output_size=14, pool=1): one bilinear sample per output cell
+    ours pool=2   roi_warp_pool(..., output_size=14, pool=2): warp 28 x 28, 2 x 2 max pool
+                  (the official code)
+    roi_align     torchvision.ops.roi_align(..., 14, sampling_ratio=2, aligned=True): 2 x 2
+                  samples averaged
 Ours also computes the gradient with respect to the boxes; roi_align's kernel does not (it has
 none). The methods take turns in every repeat; times are medians, in ms per call, and the ratio is
 (this row) / roi_align. Nothing
@@ -24,27 +26,35 @@ from pathlib import Path
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from mnc_teach.roi_warp import PAPER_OUTPUT_SIZE, VGG16_SPATIAL_SCALE, roi_warp_pool  # noqa: E402
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mnc_teach.config import RoIConfig  # noqa: E402
+from mnc_teach.roi_warp import VGG16_SPATIAL_SCALE, roi_warp_pool  # noqa: E402
 
 IMAGE_SIZE = (600, 800)  # (H, W): the paper's short side 600 [MNC_SPEC §7]
 STRIDE = 16  # VGG-16 conv5_3 [MNC_SPEC §1]
 WARMUP = 2  # untimed calls first (allocator, kernel selection)
 
 
-def make_inputs(num_rois: int, channels: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 1 x C x 38 x 50 feature map and R random boxes inside the 600 x 800 image, as RoIs [R, 5]."""
+def make_inputs(
+    num_rois: int, channels: int, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1 x C x 38 x 50 feature map and R random boxes inside the 600 x 800 image, as RoIs
+    [R, 5]."""
     gen = torch.Generator().manual_seed(seed)
-    height, width = (-(-side // STRIDE) for side in IMAGE_SIZE)  # ceil(600 / 16) x ceil(800 / 16) = 38 x 50
+    # ceil(600 / 16) x ceil(800 / 16) = 38 x 50
+    height, width = (-(-side // STRIDE) for side in IMAGE_SIZE)
     features = torch.randn(1, channels, height, width, generator=gen)
-    top_left = torch.rand(num_rois, 2, generator=gen) * torch.tensor([IMAGE_SIZE[1], IMAGE_SIZE[0]]) * 0.7  # (R, 2) x, y
+    image_wh = torch.tensor([IMAGE_SIZE[1], IMAGE_SIZE[0]])
+    top_left = torch.rand(num_rois, 2, generator=gen) * image_wh * 0.7  # (R, 2) x, y
     sides = 16 + torch.rand(num_rois, 2, generator=gen) * 300  # (R, 2)
     rois = torch.cat([torch.zeros(num_rois, 1), top_left, top_left + sides], dim=1)  # (R, 5)
     return features.to(device), rois.to(device)
 
 
 def forward_backward_ms(fn, features: torch.Tensor, rois: torch.Tensor) -> float:
-    """Milliseconds of one ``fn(features, rois).backward(ones)``, with fresh leaves requiring grad."""
+    """Milliseconds of one ``fn(features, rois).backward(ones)``, with fresh leaves requiring
+    grad."""
     feats = features.detach().requires_grad_(True)
     boxes = rois.detach().requires_grad_(True)
     if features.is_cuda:
@@ -57,8 +67,11 @@ def forward_backward_ms(fn, features: torch.Tensor, rois: torch.Tensor) -> float
     return (time.perf_counter() - start) * 1000
 
 
-def time_methods(methods: dict, features: torch.Tensor, rois: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median ms per method; the methods take turns within each repeat, so load changes hit all of them."""
+def time_methods(
+    methods: dict, features: torch.Tensor, rois: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Median ms per method; the methods take turns within each repeat, so load changes hit all
+    of them."""
     times: dict[str, list[float]] = {label: [] for label in methods}
     for step in range(WARMUP + repeats):
         for label, fn in methods.items():
@@ -70,24 +83,40 @@ def time_methods(methods: dict, features: torch.Tensor, rois: torch.Tensor, repe
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per method (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed calls per method (median reported)"
+    )
     parser.add_argument("--rois", type=int, default=256, help="R, RoIs per call")
     parser.add_argument("--channels", type=int, default=256, help="C, feature channels")
     args = parser.parse_args(argv)
 
-    size, scale = PAPER_OUTPUT_SIZE, VGG16_SPATIAL_SCALE
+    size, scale = RoIConfig.output_size, VGG16_SPATIAL_SCALE  # 14 x 14 on conv5_3
+
+    def ours(pool: int):
+        return lambda f, r: roi_warp_pool(f, r, output_size=size, spatial_scale=scale, pool=pool)
+
+    def roi_align(f, r):
+        return torchvision.ops.roi_align(f, r, size, scale, sampling_ratio=2, aligned=True)
+
     methods = {
-        "ours pool=1 (14x14)": lambda f, r: roi_warp_pool(f, r, size, scale, pool=1),
-        "ours pool=2 (28->14)": lambda f, r: roi_warp_pool(f, r, size, scale, pool=2),
-        "roi_align sr=2": lambda f, r: torchvision.ops.roi_align(f, r, size, scale, sampling_ratio=2, aligned=True),
+        "ours pool=1 (14x14)": ours(1),
+        "ours pool=2 (28->14)": ours(2),
+        "roi_align sr=2": roi_align,
     }
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads")
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     for device in devices:
         features, rois = make_inputs(args.rois, args.channels, device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        print(f"\n{name}: features {tuple(features.shape)}, R = {args.rois}, forward + backward, "
-              f"median of {args.repeats}")  # fmt: skip
+        print(
+            f"\n{name}: features {tuple(features.shape)}, R = {args.rois}, forward + backward, "
+            f"median of {args.repeats}"
+        )
         timings = time_methods(methods, features, rois, args.repeats)
         reference = timings["roi_align sr=2"]
         print(f"  {'method':<22} {'ms / call':>10} {'ours / roi_align':>17}")

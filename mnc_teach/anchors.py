@@ -4,7 +4,10 @@ An anchor is a reference box placed at every cell of the feature map; the RPN pr
 for each anchor, an objectness score and the deltas that move it onto an object.
 
 Shape legend (structures.py): A anchors per location, h, w feature-map size,
-H, W image size, R anchors in total (R = h * w * A).
+H, W image size, T anchors in all (T = h * w * A).
+
+The default anchor settings (base size 16, ratios 0.5 / 1 / 2, scales 8 / 16 / 32) are
+defined once, in ``config.RPNConfig``.
 
 Coordinates are continuous (structures.py): pixel (i, j) covers [j, j+1) x [i, i+1).
 The official code (``MNC/lib/transform/anchors.py``) writes anchors with inclusive
@@ -20,28 +23,25 @@ import math
 import torch
 from torch import Tensor
 
+from mnc_teach.config import RPNConfig
+
 __all__ = [
-    "ANCHOR_BASE_SIZE",
-    "ANCHOR_RATIOS",
-    "ANCHOR_SCALES",
     "FEATURE_STRIDE",
     "generate_base_anchors",
     "grid_anchors",
     "anchors_inside_image",
 ]
 
-# Defaults from MNC_SPEC §2 [code: MNC/lib/transform/anchors.py, generate_anchors;
-# MNC/models/VGG16/mnc_5stage/train.prototxt, feat_stride].
-ANCHOR_BASE_SIZE = 16  # side of the reference anchor, in pixels
-ANCHOR_RATIOS = (0.5, 1.0, 2.0)  # height / width
-ANCHOR_SCALES = (8, 16, 32)  # anchor side = base * scale: 128, 256, 512 px
-FEATURE_STRIDE = 16  # conv5_3 of VGG-16: one feature cell per 16 x 16 pixels
+# conv5_3 of VGG-16: one feature cell per 16 x 16 pixels
+# [code: MNC/models/VGG16/mnc_5stage/train.prototxt, feat_stride; MNC_SPEC §2]
+FEATURE_STRIDE = 16
 
 
 def generate_base_anchors(
-    base_size: float = ANCHOR_BASE_SIZE,
-    ratios: tuple[float, ...] = ANCHOR_RATIOS,
-    scales: tuple[float, ...] = ANCHOR_SCALES,
+    base_size: float = RPNConfig.anchor_base_size,
+    ratios: tuple[float, ...] = RPNConfig.anchor_ratios,
+    scales: tuple[float, ...] = RPNConfig.anchor_scales,
+    *,
     legacy_rounding: bool = False,
 ) -> Tensor:
     """The A = len(ratios) * len(scales) anchors of one feature-map cell, centred at (0, 0).
@@ -86,6 +86,7 @@ def grid_anchors(
     base_anchors: Tensor,
     feature_size: tuple[int, int],
     stride: int = FEATURE_STRIDE,
+    *,
     offset: float = 0.5,
 ) -> Tensor:
     """Place the base anchors at the centre of every feature-map cell.
@@ -106,7 +107,8 @@ def grid_anchors(
         offset: position of the anchor centre inside a cell, in cells.
 
     Returns:
-        anchors (Tensor[h * w * A, 4], xyxy pixels), on the device and dtype of base_anchors.
+        anchors (Tensor[T, 4], T = h * w * A, xyxy pixels), on the device and dtype of
+        base_anchors.
     """
     height, width = feature_size
     dtype, device = base_anchors.dtype, base_anchors.device
@@ -116,7 +118,7 @@ def grid_anchors(
     shifts = torch.stack([grid_x, grid_y, grid_x, grid_y], dim=-1)  # (h, w, 4)
     # (h, w, 1, 4) + (1, 1, A, 4) -> (h, w, A, 4): every base anchor moved to every centre
     anchors = shifts[:, :, None, :] + base_anchors[None, None, :, :]
-    return anchors.reshape(-1, 4)  # (h, w, A, 4) -> (h*w*A, 4)
+    return anchors.reshape(-1, 4)  # (h, w, A, 4) -> (T, 4)
 
 
 def anchors_inside_image(
@@ -132,12 +134,12 @@ def anchors_inside_image(
     coordinates, because the continuous right edge is the inclusive one plus 1.
 
     Args:
-        anchors (Tensor[R, 4], float, xyxy pixels)
+        anchors (Tensor[T, 4], float, xyxy pixels)
         image_size: ``(height, width)`` of the image.
         allowed_border: how far (pixels) an anchor may stick out of the image.
 
     Returns:
-        inside (Tensor[R], bool)
+        inside (Tensor[T], bool)
     """
     height, width = image_size
     return (

@@ -1,11 +1,12 @@
 """Backbones: the shared convolutional trunk all stages read from (MNC_SPEC §1).
 
-    tiny      a 6-conv CNN for the 128 x 128 shapes images: stride 8, trains from scratch on a CPU.
+    tiny      a 6-conv CNN for the 128 x 128 shapes images: stride 8, trains from scratch on
+              a CPU.
     vgg16     torchvision VGG-16 up to conv5_3 (ReLU), stride 16, 512 channels [paper].
     resnet50  torchvision ResNet-50 up to C4 (layer3), stride 16, 1024 channels.
 
 Every backbone maps a batch ``Tensor[N, 3, H, W]`` (0-1 images, ImageNet-normalised inside)
-to ``Tensor[N, C, h, w]`` with ``h = ceil(H / stride)``, and exposes ``out_channels`` and
+to ``Tensor[N, C, h, w]`` with ``h = ceil(H / stride)``, and exposes ``out_channels`` (C) and
 ``stride``. For VGG-16 and ResNet-50 the box/mask heads after RoI warping (fc6/fc7 or
 layer4) are built by stage 3, so only the trunk is here, plus :func:`vgg16_fc_weights` which
 hands stage 3 the ImageNet fc6/fc7 weights [paper: "conv and 4096-d fc layers from ImageNet"].
@@ -23,9 +24,19 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TinyBackbone", "build_backbone", "load_imagenet_state", "vgg16_fc_weights"]
+from mnc_teach.config import BackboneConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalisation (the Caffe code subtracts BGR means)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TinyBackbone",
+    "build_backbone",
+    "load_imagenet_state",
+    "vgg16_fc_weights",
+]
+
+# torchvision's normalisation (the Caffe code subtracts BGR means)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG16_CONV5_3 = 30  # index of the layer after conv5_3's ReLU in torchvision's vgg16().features
 VGG16_FROZEN_CONV_INDEX = (0, 2, 5, 7)  # conv1_1, conv1_2, conv2_1, conv2_2 [code: lr_mult 0]
@@ -34,7 +45,9 @@ VGG16_FROZEN_CONV_INDEX = (0, 2, 5, 7)  # conv1_1, conv1_2, conv2_1, conv2_2 [co
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, for images in [0, 1]."""
 
-    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+    def __init__(
+        self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+    ):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -60,7 +73,7 @@ class TinyBackbone(nn.Module):
 
     stride = 8
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 96)):
+    def __init__(self, channels: tuple[int, ...] = BackboneConfig.tiny_channels):
         super().__init__()
         c1, c2, c3 = channels
         self.normalize = Normalize()
@@ -95,8 +108,11 @@ class TorchvisionTrunk(nn.Module):
         return self.body(self.normalize(images))  # (N, 3, H, W) -> (N, C, H/16, W/16)
 
 
-def load_imagenet_state(name: str, pretrained: bool, weights_path: str | None) -> dict[str, Tensor] | None:
-    """ImageNet weights of torchvision's ``name`` ("vgg16" / "resnet50") as a state_dict, or None.
+def load_imagenet_state(
+    name: str, pretrained: bool, weights_path: str | None
+) -> dict[str, Tensor] | None:
+    """ImageNet weights of torchvision's ``name`` ("vgg16" / "resnet50") as a state_dict, or
+    None.
 
     ``weights_path`` (a file saved with ``torch.save(model.state_dict())``) wins; else, when
     ``pretrained``, torchvision's weights API (network access the first time); else None.
@@ -107,7 +123,8 @@ def load_imagenet_state(name: str, pretrained: bool, weights_path: str | None) -
         if not path.is_file():
             raise FileNotFoundError(
                 f"backbone weights file {path} does not exist; pass the path of a torchvision "
-                f"{name} state_dict, or weights_path=None to download (or start from random weights)"
+                f"{name} state_dict, or weights_path=None to download (or start from random "
+                "weights)"
             )
         return torch.load(path, map_location="cpu", weights_only=True)
     if not pretrained:
@@ -117,9 +134,10 @@ def load_imagenet_state(name: str, pretrained: bool, weights_path: str | None) -
         return weights.get_state_dict(progress=True)
     except Exception as error:  # offline, proxy, corrupt cache: fall back with a clear message
         warnings.warn(
-            f"could not get ImageNet weights for {name} ({type(error).__name__}: {error}); starting "
-            f"from RANDOM weights, which needs far longer training. Put the file {weights.url.rsplit('/', 1)[-1]} "
-            "in the torch hub cache or pass backbone.weights_path",
+            f"could not get ImageNet weights for {name} ({type(error).__name__}: {error}); "
+            "starting from RANDOM weights, which needs far longer training. Put the file "
+            f"{weights.url.rsplit('/', 1)[-1]} in the torch hub cache or pass "
+            "backbone.weights_path",
             stacklevel=2,
         )
         return None
@@ -127,10 +145,11 @@ def load_imagenet_state(name: str, pretrained: bool, weights_path: str | None) -
 
 def build_backbone(
     name: str,
-    tiny_channels: tuple[int, ...] = (32, 64, 96),
-    pretrained: bool = True,
-    weights_path: str | None = None,
-    frozen_layers: int = 4,
+    *,
+    tiny_channels: tuple[int, ...] = BackboneConfig.tiny_channels,
+    pretrained: bool = BackboneConfig.pretrained,
+    weights_path: str | None = BackboneConfig.weights_path,
+    frozen_layers: int = BackboneConfig.frozen_layers,
 ) -> tuple[nn.Module, dict[str, Tensor] | None]:
     """The trunk called ``name``, and the ImageNet state_dict it was loaded from (or None).
 
@@ -151,19 +170,23 @@ def build_backbone(
         print(f"WARNING: {name} starts from random weights (no ImageNet weights available)")
     if name == "vgg16":
         net = torchvision.models.vgg16(weights=None)
-    else:  # batch statistics of 1-image batches are useless: BatchNorm stays frozen (ImageNet statistics)
-        net = torchvision.models.resnet50(weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
+    else:  # statistics of 1-image batches are useless: BatchNorm stays frozen (ImageNet's)
+        net = torchvision.models.resnet50(
+            weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d
+        )
     if state is not None:
         net.load_state_dict(state)
     if name == "vgg16":
         body = net.features[:VGG16_CONV5_3]  # conv1_1 .. relu5_3; pool5 dropped: stride 16
         for layer in body:
-            if isinstance(layer, nn.MaxPool2d):  # Caffe pools round up: h = ceil(H / 16) as documented
+            if isinstance(layer, nn.MaxPool2d):  # Caffe pools round up: h = ceil(H / 16)
                 layer.ceil_mode = True
         for index in VGG16_FROZEN_CONV_INDEX[:frozen_layers]:
             body[index].requires_grad_(False)
         return TorchvisionTrunk(body, 512), state
-    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+    body = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3
+    )
     if frozen_layers >= 1:
         for part in body[:5]:  # stem + layer1
             part.requires_grad_(False)
@@ -175,4 +198,9 @@ def vgg16_fc_weights(state: dict[str, Tensor] | None) -> dict[str, Tensor] | Non
     if state is None:
         return None
     names = {"classifier.0": "fc6", "classifier.3": "fc7"}
-    return {f"{names[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in state.items() if k.rsplit(".", 1)[0] in names}
+    fc_state = {}
+    for key, value in state.items():
+        layer, param = key.rsplit(".", 1)  # "classifier.0.weight" -> "classifier.0", "weight"
+        if layer in names:
+            fc_state[f"{names[layer]}.{param}"] = value
+    return fc_state

@@ -1,6 +1,6 @@
 """Box geometry as pure functions (xyxy, float32, absolute pixels; see structures.py).
 
-Shape legend (structures.py): R boxes, N and M boxes in two sets, C classes.
+Shape legend (structures.py): B boxes (B1, B2 in two sets), K+1 classes, H, W image size.
 Every function here has a torchvision counterpart it is tested against (tests/test_boxes.py).
 """
 
@@ -14,7 +14,6 @@ from torch import Tensor
 
 __all__ = [
     "RPN_BOX_WEIGHTS",
-    "STAGE3_BOX_WEIGHTS",
     "MAX_LOG_SCALE",
     "masks_to_boxes",
     "box_area",
@@ -30,13 +29,10 @@ __all__ = [
     "nms_reference",
 ]
 
-# Box-delta weights (the inverse of the code's target "stds"):
-# stage 1 (RPN) regresses raw deltas [code: MNC/lib/transform/bbox_transform.py, bbox_transform];
-# stage 3 divides its targets by BBOX_NORMALIZE_STDS = (0.1, 0.1, 0.2, 0.2) with means 0
-# [code: MNC/lib/mnc_config.py, MNC/experiments/cfgs/VGG16/mnc_5stage.yml; MNC_SPEC §4],
-# which is the same as multiplying by the weights (10, 10, 5, 5).
+# Box-delta weights of stage 1 (the RPN): raw deltas, no normalisation
+# [code: MNC/lib/transform/bbox_transform.py, bbox_transform]. Stage 3's weights
+# (10, 10, 5, 5) are config.ClassifierConfig.box_weights.
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
-STAGE3_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 # Largest log-scale change decode_boxes allows, so exp() cannot overflow: a box may grow at
 # most 1000/16 = 62.5 times in one step (torchvision BoxCoder / detectron2 Box2BoxTransform).
 MAX_LOG_SCALE = math.log(1000.0 / 16)
@@ -73,10 +69,10 @@ def box_area(boxes: Tensor) -> Tensor:
     """Area of each box.
 
     Args:
-        boxes (Tensor[R, 4], float, xyxy pixels)
+        boxes (Tensor[B, 4], float, xyxy pixels)
 
     Returns:
-        areas (Tensor[R]): ``(x2 - x1) * (y2 - y1)``; no "+1" (continuous coordinates).
+        areas (Tensor[B]): ``(x2 - x1) * (y2 - y1)``; no "+1" (continuous coordinates).
     """
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
@@ -85,24 +81,24 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Intersection over union of every pair of boxes.
 
     Args:
-        boxes1 (Tensor[N, 4], float, xyxy pixels)
-        boxes2 (Tensor[M, 4], float, xyxy pixels)
+        boxes1 (Tensor[B1, 4], float, xyxy pixels)
+        boxes2 (Tensor[B2, 4], float, xyxy pixels)
 
     Returns:
-        iou (Tensor[N, M]): ``iou[n, m] = |b1_n ∩ b2_m| / |b1_n ∪ b2_m|``, in [0, 1].
+        iou (Tensor[B1, B2]): ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``, in [0, 1].
         Equals ``torchvision.ops.box_iou``, except that a pair whose union is empty (two
         zero-area boxes) gets IoU 0 instead of NaN.
     """
-    area1 = box_area(boxes1)  # (N,)
-    area2 = box_area(boxes2)  # (M,)
+    area1 = box_area(boxes1)  # (B1,)
+    area2 = box_area(boxes2)  # (B2,)
     # The intersection of two boxes is the box between the larger top-left corner and the
-    # smaller bottom-right corner; broadcasting (N, 1, 2) against (1, M, 2) pairs them all.
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    # smaller bottom-right corner; broadcasting (B1, 1, 2) against (1, B2, 2) pairs them all.
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (B1, B2, 2)
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (B1, B2, 2)
     # Boxes that do not overlap give a negative width or height: clamp it to 0.
-    inter_wh = (bottom_right - top_left).clamp(min=0)  # (N, M, 2)
-    intersection = inter_wh[..., 0] * inter_wh[..., 1]  # (N, M)
-    union = area1[:, None] + area2[None, :] - intersection  # (N, M)
+    inter_wh = (bottom_right - top_left).clamp(min=0)  # (B1, B2, 2)
+    intersection = inter_wh[..., 0] * inter_wh[..., 1]  # (B1, B2)
+    union = area1[:, None] + area2[None, :] - intersection  # (B1, B2)
     # union == 0 only when intersection == 0 too; clamping turns 0 / 0 into 0.
     return intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
 
@@ -122,6 +118,7 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
 def encode_boxes(
     gt_boxes: Tensor,
     ref_boxes: Tensor,
+    *,
     weights: tuple[float, float, float, float] = RPN_BOX_WEIGHTS,
 ) -> Tensor:
     """Regression targets (deltas) that move each reference box onto its ground-truth box.
@@ -139,86 +136,88 @@ def encode_boxes(
     no "+1" is needed here.
 
     Stage 1 (RPN) uses ``weights = RPN_BOX_WEIGHTS = (1, 1, 1, 1)``. Stage 3 uses
-    ``STAGE3_BOX_WEIGHTS = (10, 10, 5, 5)``: the official code divides its targets by the
-    stds (0.1, 0.1, 0.2, 0.2) (MNC_SPEC §4), which is the same as these weights.
+    ``config.ClassifierConfig.box_weights = (10, 10, 5, 5)``: the official code divides its
+    targets by the stds (0.1, 0.1, 0.2, 0.2) (MNC_SPEC §4), which is the same as these weights.
 
     Same result as ``torchvision.models.detection._utils.BoxCoder(weights).encode_single(
     gt_boxes, ref_boxes)`` (torchvision calls the ground truth "reference_boxes" there).
 
     Args:
-        gt_boxes (Tensor[R, 4], float, xyxy pixels): the target box of each reference box.
-        ref_boxes (Tensor[R, 4], float, xyxy pixels): anchors or proposals; widths and
+        gt_boxes (Tensor[B, 4], float, xyxy pixels): the target box of each reference box.
+        ref_boxes (Tensor[B, 4], float, xyxy pixels): anchors or proposals; widths and
             heights must be positive.
         weights: ``(wx, wy, ww, wh)`` multiplying ``(dx, dy, dw, dh)``.
 
     Returns:
-        deltas (Tensor[R, 4]): ``(dx, dy, dw, dh)``; ``decode_boxes(deltas, ref_boxes,
-        weights)`` gives ``gt_boxes`` back.
+        deltas (Tensor[B, 4]): ``(dx, dy, dw, dh)``; ``decode_boxes(deltas, ref_boxes,
+        weights=weights)`` gives ``gt_boxes`` back.
     """
     if gt_boxes.shape != ref_boxes.shape or gt_boxes.ndim != 2 or gt_boxes.shape[1] != 4:
         raise ValueError(
-            f"encode_boxes needs gt_boxes and ref_boxes of the same shape [R, 4], got "
+            f"encode_boxes needs gt_boxes and ref_boxes of the same shape [B, 4], got "
             f"{tuple(gt_boxes.shape)} and {tuple(ref_boxes.shape)}; pair each reference box "
             "with its matched ground truth first (e.g. gt_boxes[matched_gt])"
         )
     wx, wy, ww, wh = weights
-    gx, gy, gw, gh = box_xyxy_to_cxcywh(gt_boxes).unbind(dim=1)  # each (R,)
-    rx, ry, rw, rh = box_xyxy_to_cxcywh(ref_boxes).unbind(dim=1)  # each (R,)
+    gx, gy, gw, gh = box_xyxy_to_cxcywh(gt_boxes).unbind(dim=1)  # each (B,)
+    rx, ry, rw, rh = box_xyxy_to_cxcywh(ref_boxes).unbind(dim=1)  # each (B,)
     dx = wx * (gx - rx) / rw
     dy = wy * (gy - ry) / rh
     dw = ww * torch.log(gw / rw)
     dh = wh * torch.log(gh / rh)
-    return torch.stack([dx, dy, dw, dh], dim=1)  # (R, 4)
+    return torch.stack([dx, dy, dw, dh], dim=1)  # (B, 4)
 
 
 def decode_boxes(
     deltas: Tensor,
     ref_boxes: Tensor,
+    *,
     weights: tuple[float, float, float, float] = RPN_BOX_WEIGHTS,
     max_log_scale: float = MAX_LOG_SCALE,
 ) -> Tensor:
     """Apply deltas to reference boxes: the inverse of :func:`encode_boxes`.
 
     ``deltas`` may hold one group of 4 per class (stage 3 predicts class-specific
-    deltas, ``Tensor[R, 4 * C]``); every group is applied to the same reference box.
+    deltas, ``Tensor[B, 4 * (K+1)]``); every group is applied to the same reference box.
     ``dw`` and ``dh`` (after dividing by the weights) are clamped at ``max_log_scale``
     so that ``exp`` cannot overflow, as torchvision and detectron2 do.
 
-    Invariant: ``decode_boxes(encode_boxes(gt, ref, w), ref, w) == gt`` (up to float
+    Invariant: ``decode_boxes(encode_boxes(gt, ref, weights=w), ref, weights=w) == gt`` (up to float
     rounding). Same result as ``torchvision.models.detection._utils.BoxCoder(weights,
     max_log_scale).decode_single(deltas, ref_boxes)``, which also uses ``x2 - x1``
     widths. Differentiable in both ``deltas`` and ``ref_boxes``: this is how MNC sends
     gradients from later stages back to the box coordinates.
 
     Args:
-        deltas (Tensor[R, 4 * C], float): ``(dx, dy, dw, dh)`` for each of C classes.
-        ref_boxes (Tensor[R, 4], float, xyxy pixels): anchors or proposals.
+        deltas (Tensor[B, 4 * (K+1)], float): ``(dx, dy, dw, dh)`` for each class (any
+            number of groups of 4 works, e.g. one).
+        ref_boxes (Tensor[B, 4], float, xyxy pixels): anchors or proposals.
         weights: the ``(wx, wy, ww, wh)`` the deltas were encoded with.
         max_log_scale: upper bound for ``dw`` and ``dh``.
 
     Returns:
-        boxes (Tensor[R, 4 * C], xyxy pixels): decoded boxes, same layout as ``deltas``.
+        boxes (Tensor[B, 4 * (K+1)], xyxy pixels): decoded boxes, same layout as ``deltas``.
     """
     if deltas.ndim != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != ref_boxes.shape[0]:
         raise ValueError(
-            f"decode_boxes needs deltas [R, 4 * C] and ref_boxes [R, 4], got "
+            f"decode_boxes needs deltas [B, 4 * (K+1)] and ref_boxes [B, 4], got "
             f"{tuple(deltas.shape)} and {tuple(ref_boxes.shape)}; flatten per-image or "
             "per-anchor deltas to one row per reference box first"
         )
     wx, wy, ww, wh = weights
     ref_boxes = ref_boxes.to(deltas.dtype)
-    rx, ry, rw, rh = box_xyxy_to_cxcywh(ref_boxes).unbind(dim=1)  # each (R,)
-    dx = deltas[:, 0::4] / wx  # (R, C)
+    rx, ry, rw, rh = box_xyxy_to_cxcywh(ref_boxes).unbind(dim=1)  # each (B,)
+    dx = deltas[:, 0::4] / wx  # (B, K+1)
     dy = deltas[:, 1::4] / wy
     dw = (deltas[:, 2::4] / ww).clamp(max=max_log_scale)
     dh = (deltas[:, 3::4] / wh).clamp(max=max_log_scale)
 
-    pred_x = rx[:, None] + dx * rw[:, None]  # (R, C)
+    pred_x = rx[:, None] + dx * rw[:, None]  # (B, K+1)
     pred_y = ry[:, None] + dy * rh[:, None]
     pred_w = rw[:, None] * torch.exp(dw)
     pred_h = rh[:, None] * torch.exp(dh)
-    pred_cxcywh = torch.stack([pred_x, pred_y, pred_w, pred_h], dim=2)  # (R, C, 4)
-    return box_cxcywh_to_xyxy(pred_cxcywh).flatten(1)  # (R, C, 4) -> (R, 4 * C)
+    pred_cxcywh = torch.stack([pred_x, pred_y, pred_w, pred_h], dim=2)  # (B, K+1, 4)
+    return box_cxcywh_to_xyxy(pred_cxcywh).flatten(1)  # (B, K+1, 4) -> (B, 4 * (K+1))
 
 
 def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -229,8 +228,8 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     ``torchvision.ops.clip_boxes_to_image``.
 
     Args:
-        boxes (Tensor[..., 4 * C], xyxy pixels): plain boxes (C = 1) or the class-specific
-            groups returned by :func:`decode_boxes`.
+        boxes (Tensor[..., 4 * (K+1)], xyxy pixels): plain boxes (``[..., 4]``) or the
+            class-specific groups returned by :func:`decode_boxes`.
         image_size: ``(height, width)`` of the image.
 
     Returns:
@@ -251,11 +250,11 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     ``torchvision.ops.remove_small_boxes``.
 
     Args:
-        boxes (Tensor[R, 4], xyxy pixels)
+        boxes (Tensor[B, 4], xyxy pixels)
         min_size: smallest allowed side, in pixels.
 
     Returns:
-        keep (Tensor[K], int64): indices into ``boxes``, increasing.
+        keep (Tensor[num_kept], int64): indices into ``boxes``, increasing.
     """
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
@@ -270,17 +269,17 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     :func:`nms_reference` is the same algorithm written as a readable loop.
 
     Args:
-        boxes (Tensor[R, 4], float, xyxy pixels)
-        scores (Tensor[R], float): higher is better.
+        boxes (Tensor[B, 4], float, xyxy pixels)
+        scores (Tensor[B], float): higher is better.
         iou_threshold: e.g. 0.7 for RPN proposals, 0.3 per class at test time (MNC_SPEC §2, §8).
 
     Returns:
-        keep (Tensor[K], int64): indices of the kept boxes, by decreasing score.
+        keep (Tensor[num_kept], int64): indices of the kept boxes, by decreasing score.
     """
     return torchvision.ops.nms(boxes, scores, iou_threshold)
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_threshold: float) -> Tensor:
     """NMS run independently within each label (``torchvision.ops.batched_nms``).
 
     Boxes with different labels never suppress each other. This is the per-class NMS of
@@ -288,13 +287,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     boxes and merging the kept indices by decreasing score.
 
     Args:
-        boxes (Tensor[R, 4], float, xyxy pixels)
-        scores (Tensor[R], float)
-        labels (Tensor[R], int64): the class (or image) of each box.
+        boxes (Tensor[B, 4], float, xyxy pixels)
+        scores (Tensor[B], float)
+        labels (Tensor[B], int64): the class (or image) of each box.
         iou_threshold: boxes of one label with IoU above it are suppressed.
 
     Returns:
-        keep (Tensor[K], int64): indices of the kept boxes, by decreasing score.
+        keep (Tensor[num_kept], int64): indices of the kept boxes, by decreasing score.
     """
     return torchvision.ops.batched_nms(boxes, scores, labels, iou_threshold)
 
@@ -304,7 +303,7 @@ def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor
 
     Use :func:`nms` in real code: this loop runs one Python step per kept box.
     """
-    order = torch.argsort(scores, descending=True)  # (R,) best first
+    order = torch.argsort(scores, descending=True)  # (B,) best first
     keep = []
     while order.numel() > 0:
         best = order[0]

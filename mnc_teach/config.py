@@ -1,15 +1,19 @@
 """Configuration: nested dataclasses and three named presets (DESIGN.md §4.5).
 
-``build_mnc(cfg)`` (cascade.py) and ``train`` (train.py) are the only readers of a config;
-every module takes explicit keyword arguments. Override a value with ``dataclasses.replace``
+``build_mnc(cfg)`` (cascade.py) and ``train`` (engine/loop.py) are the only readers of a
+config; every module takes explicit keyword arguments. Override a value with ``dataclasses.replace``
 or with :func:`override`, e.g. ``override(shapes_cpu(), "train.max_steps", 200)``.
 
 Each default that comes from MNC says where: [paper] or [code] with the file of the official
 repository (MNC_SPEC.md has the full table). Where the two differ the default follows the
 paper and the code's value is named in the comment (and set by a preset where it matters).
 
+These fields are the one definition of each default: a model function with a default for
+the same setting refers to the field (``positive_iou: float = RPNConfig.positive_iou``).
+
 Presets:
-    shapes_cpu        the default everywhere: a tiny CNN on the synthetic shapes data, CPU minutes.
+    shapes_cpu        the default everywhere: a tiny CNN on the synthetic shapes data,
+                      CPU minutes.
     voc_vgg16_paper   the paper: VGG-16 conv5_3, SBD train, 5-stage training, 40k x 8 images.
     voc_resnet50      the same recipe on a ResNet-50 C4 trunk.
 """
@@ -43,22 +47,26 @@ __all__ = [
 @dataclass
 class BackboneConfig:
     name: str = "vgg16"  # "tiny" (shapes), "vgg16" (paper), "resnet50" (C4 trunk)
-    tiny_channels: tuple[int, ...] = (32, 64, 96)  # tiny CNN: channels of its three stages (stride 8)
-    pretrained: bool = True  # ImageNet weights via torchvision's weights API when online [paper §4: ImageNet init]
+    tiny_channels: tuple[int, ...] = (32, 64, 96)  # tiny CNN: channels of its 3 stages (stride 8)
+    # ImageNet weights via torchvision's weights API when online [paper §4: ImageNet init]
+    pretrained: bool = True
     weights_path: str | None = None  # a local .pth state_dict instead of downloading
-    frozen_layers: int = 4  # VGG-16 convs kept fixed: conv1_1..conv2_2 [code: train.prototxt lr_mult 0]
+    # VGG-16 convs kept fixed: conv1_1..conv2_2 [code: train.prototxt lr_mult 0]
+    frozen_layers: int = 4
 
 
 @dataclass
 class RPNConfig:
-    anchor_base_size: int = 16  # [code] anchors.py
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # [code] anchors.py
-    anchor_scales: tuple[float, ...] = (8, 16, 32)  # sides 128, 256, 512 px [code] anchors.py
+    # anchors [code: MNC/lib/transform/anchors.py, generate_anchors; MNC_SPEC §2]
+    anchor_base_size: int = 16  # side of the reference anchor, pixels
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+    anchor_scales: tuple[float, ...] = (8, 16, 32)  # side = base * scale: 128, 256, 512 px
     conv_channels: int = 512  # 3x3 conv on conv5_3 [code] rpn_conv_3x3
-    positive_iou: float = 0.7  # [code] RPN_POSITIVE_OVERLAP
-    negative_iou: float = 0.3  # [code] RPN_NEGATIVE_OVERLAP
-    batch_size: int = 256  # anchors sampled per image [paper; code RPN_BATCHSIZE]
-    positive_fraction: float = 0.5  # [code] RPN_FG_FRACTION
+    # anchor labels and sampling [code: MNC/lib/mnc_config.py; MNC_SPEC §2]
+    positive_iou: float = 0.7  # [code] TRAIN.RPN_POSITIVE_OVERLAP
+    negative_iou: float = 0.3  # [code] TRAIN.RPN_NEGATIVE_OVERLAP
+    batch_size: int = 256  # anchors sampled per image [paper; code TRAIN.RPN_BATCHSIZE]
+    positive_fraction: float = 0.5  # [code] TRAIN.RPN_FG_FRACTION
     box_loss_beta: float = 1.0 / 9  # SmoothL1 sigma 3 -> quadratic below 1/9 [code] rpn_loss_bbox
     nms_iou: float = 0.7  # [paper; code RPN_NMS_THRESH]
     pre_nms_top_n_train: int = 12000  # [code] RPN_PRE_NMS_TOP_N
@@ -75,8 +83,10 @@ class RoIConfig:
     fg_iou: float = 0.5  # box IoU of a foreground RoI [paper; code FG_THRESH]
     bg_iou_low: float = 0.1  # "hard" background: IoU in [0.1, 0.5) [code BG_THRESH_LO]
     hard_bg_fraction: float = 0.85  # share of the background from [bg_iou_low, fg_iou) [code]
-    output_size: int = 14  # RoI feature side P after warping + pooling [paper: 14x14]
-    warp_pool: int = 2  # warp to P*2 then 2x2 max pool [code: 28 -> 14]; 1 = warp straight to P
+    # RoI feature side P after warping + pooling [paper: 14x14 on conv5_3, stage 2; MNC_SPEC §3]
+    output_size: int = 14
+    # warp to P*2 then 2x2 max pool [code: train.prototxt, 28 -> 14]; 1 = warp straight to P
+    warp_pool: int = 2
     append_gt_boxes: bool = True  # ground-truth boxes join the proposals in training [code]
 
 
@@ -92,14 +102,19 @@ class MaskHeadConfig:
 class ClassifierConfig:
     fc_dim: int = 4096  # fc6/fc7 of each pathway [paper]
     pathway_pool: int = 2  # 14x14 -> 7x7 max pool before fc6 [code]; 1 = none
-    mask_iou_fg: float = 0.5  # mask-level positives need mask IoU >= 0.5 [paper; code FG_SEG_THRESH]
-    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # 1 / stds (0.1, 0.1, 0.2, 0.2) [code]
+    # mask-level positives need mask IoU >= 0.5 [paper; code FG_SEG_THRESH]
+    mask_iou_fg: float = 0.5
+    # Stage-3 box-delta weights: the code divides its targets by BBOX_NORMALIZE_STDS
+    # (0.1, 0.1, 0.2, 0.2) with means 0, the same as multiplying by these weights
+    # [code: MNC/lib/mnc_config.py, MNC/experiments/cfgs/VGG16/mnc_5stage.yml; MNC_SPEC §4].
+    # Stage 1 regresses raw deltas (boxes.RPN_BOX_WEIGHTS).
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     box_loss_beta: float = 1.0  # SmoothL1 sigma 1 [code]
 
 
 @dataclass
 class InferenceConfig:
-    num_stages: int = 5  # inference always runs 5 stages, even for 3-stage training [paper §6]
+    num_stages: int = 5  # always 5 stages, even after 3-stage training [paper §6]
     nms_iou: float = 0.3  # per-class NMS on box IoU [paper; code MASK_MERGE_NMS_THRESH]
     detections_per_image: int = 100  # [code max_per_image]
     score_threshold: float = 0.0  # no absolute threshold in evaluation [code thresh=-inf]
@@ -111,10 +126,12 @@ class InferenceConfig:
 @dataclass
 class DataConfig:
     dataset: str = "voc"  # "shapes" (VOC layout, generated) or "voc" / "sbd"
-    root: str = "data"  # holds benchmark_RELEASE/ (SBD), see `python -m mnc_teach download sbd --root data`
+    # holds benchmark_RELEASE/ (SBD), see `python -m mnc_teach download sbd --root data`
+    root: str = "data"
     train_split: str = "mnc_train"  # MNC's SBD re-split: 5,623 images [code VOCdevkitSDS/train.txt]
     val_split: str = "mnc_val"  # 5,732 images [code]; make them with data.voc.make_mnc_split
-    format: str = "sbd"  # annotation format for "voc"/"sbd": "voc" (PNGs) or "sbd" (.mat) [code: SBD]
+    # annotation format for "voc"/"sbd": "voc" (PNGs) or "sbd" (.mat) [code: SBD]
+    format: str = "sbd"
     min_size: int = 600  # short side [paper; code TRAIN.SCALES]
     max_size: int = 1000  # [code MAX_SIZE]
     flip: bool = True  # horizontal flips [code USE_FLIPPED]
@@ -127,17 +144,19 @@ class TrainConfig:
     images_per_batch: int = 1  # per step [code IMS_PER_BATCH]
     accumulate: int = 8  # gradient accumulation [code iter_size 8]; the paper uses 8 GPUs x 1 image
     max_steps: int = 40000  # optimiser steps [paper: 32k + 8k]; the code stops at 25k
-    optimizer: str = "sgd"  # "sgd" with momentum [paper; code] or "adamw" (the shapes preset: from scratch, see there)
+    # "sgd" with momentum [paper; code] or "adamw" (the shapes preset: from scratch, see there)
+    optimizer: str = "sgd"
     lr: float = 1e-3  # [paper; code base_lr]
     lr_steps: tuple[int, ...] = (32000,)  # x gamma at each [paper]; the code steps at 20k
     gamma: float = 0.1  # [code]
-    warmup_steps: int = 0  # linear warm-up from lr * warmup_factor (not in MNC; helps small batches)
+    warmup_steps: int = 0  # linear warm-up from lr * warmup_factor (not in MNC; small batches)
     warmup_factor: float = 0.1
     momentum: float = 0.9  # [code solver.prototxt]
     weight_decay: float = 5e-4  # [code]
     grad_clip_norm: float | None = None  # optional global-norm clipping (not in MNC)
     amp: bool = True  # mixed precision, used only on CUDA
-    cpu_threads: int | None = None  # torch intra-op threads while training on a CPU (None: torch's default)
+    # torch intra-op threads while training on a CPU (None: torch's default)
+    cpu_threads: int | None = None
     checkpoint_every: int = 1000  # steps between checkpoints (plus one at the end)
     log_every: int = 20  # steps between logged loss lines / dashboard updates
     val_every: int = 0  # steps between validation-loss evaluations (0 = never)
@@ -149,7 +168,9 @@ class MNCConfig:
     num_classes: int = 20  # foreground classes K (VOC) [code num_classes 21 incl. background]
     num_stages: int = 5  # training cascade: 3 or 5 [paper: 5-stage is best]
     detach_boxes: bool = False  # True stops the gradient at the box coordinates [paper: False]
-    box_grad_clip: float | None = 1 / 512  # clamp box gradients reaching the deltas [code clip_base 512]; the paper is silent; None = exact
+    # clamp box gradients reaching the deltas [code clip_base 512]; the paper is silent;
+    # None = exact
+    box_grad_clip: float | None = 1 / 512
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
@@ -185,7 +206,8 @@ def _from_dict(cls, values: dict[str, Any]):
 
 
 def override(cfg: MNCConfig, dotted_name: str, value: Any) -> MNCConfig:
-    """A copy of ``cfg`` with one (possibly nested) field replaced: ``override(cfg, "train.lr", 0.01)``."""
+    """A copy of ``cfg`` with one (possibly nested) field replaced:
+    ``override(cfg, "train.lr", 0.01)``."""
     head, _, rest = dotted_name.partition(".")
     if not any(f.name == head for f in dataclasses.fields(cfg)):
         names = ", ".join(f.name for f in dataclasses.fields(cfg))
@@ -202,11 +224,16 @@ def shortened(cfg: MNCConfig, steps: int) -> MNCConfig:
     t = cfg.train
     steps = min(steps, t.max_steps)
     scale = steps / t.max_steps
-    return dataclasses.replace(cfg, train=dataclasses.replace(
-        t, max_steps=steps, lr_steps=tuple(max(1, round(s * scale)) for s in t.lr_steps),
-        warmup_steps=round(t.warmup_steps * scale), checkpoint_every=steps,
-        val_every=max(1, steps // 3) if t.val_every else 0, log_every=max(1, min(t.log_every, steps // 4)),
-    ))  # fmt: skip
+    train = dataclasses.replace(
+        t,
+        max_steps=steps,
+        lr_steps=tuple(max(1, round(s * scale)) for s in t.lr_steps),
+        warmup_steps=round(t.warmup_steps * scale),
+        checkpoint_every=steps,
+        val_every=max(1, steps // 3) if t.val_every else 0,
+        log_every=max(1, min(t.log_every, steps // 4)),
+    )
+    return dataclasses.replace(cfg, train=train)
 
 
 def shapes_cpu() -> MNCConfig:
@@ -216,9 +243,8 @@ def shapes_cpu() -> MNCConfig:
     fewer proposals and RoIs (an image holds at most 5 objects), 256-d instead of 4096-d fcs,
     a larger batch, and AdamW instead of SGD. The network starts from scratch and its fc
     mask head has 784 outputs, each seeing 1/784 of the mean per-pixel loss's gradient; with
-    SGD it barely learns masks on a CPU budget. Measured on this preset, 300 steps of 8 images,
-    val mAP^r@0.5 / @0.7: SGD lr 0.05: 0.34 / 0.23; SGD lr 0.02 with the mask loss x8: 0.37 /
-    0.32; AdamW lr 1e-3: 0.83 / 0.78. The paper presets use SGD.
+    SGD it barely learns masks on a CPU budget (README.md, "Command line", gives the measured
+    mAP^r of both). The paper presets use SGD.
     """
     return MNCConfig(
         preset="shapes-cpu",
@@ -236,13 +262,22 @@ def shapes_cpu() -> MNCConfig:
             post_nms_top_n_test=100,
             min_size=4.0,
         ),
-        # 7 x 7 RoI features warped directly (pool 1, as the code's test-time stage 4): 4x fewer samples
+        # 7 x 7 RoI features warped directly (pool 1, as the code's test-time stage 4):
+        # 4x fewer samples
         roi=RoIConfig(batch_size=16, fg_fraction=0.5, output_size=7, warp_pool=1),
         mask=MaskHeadConfig(mask_size=28, hidden_dim=256),
         classifier=ClassifierConfig(fc_dim=256, pathway_pool=1),
         inference=InferenceConfig(),
-        data=DataConfig(dataset="shapes", root="data/shapes", train_split="train", val_split="val", format="voc",
-                        min_size=128, max_size=128, num_workers=0),
+        data=DataConfig(
+            dataset="shapes",
+            root="data/shapes",
+            train_split="train",
+            val_split="val",
+            format="voc",
+            min_size=128,
+            max_size=128,
+            num_workers=0,
+        ),
         train=TrainConfig(
             seed=0,
             images_per_batch=8,
@@ -254,8 +289,8 @@ def shapes_cpu() -> MNCConfig:
             warmup_steps=50,
             weight_decay=1e-4,
             grad_clip_norm=10.0,
-            # this model's tensors are small: on a 2-core CPU one thread ran 14.3 images/s and
-            # torch's default two threads 5.0 (30 steps each, measured; the threads mostly wait)
+            # this model's tensors are small: a second thread mostly waits and slows a step
+            # down (measured: README.md, "Command line")
             cpu_threads=1,
             checkpoint_every=250,
             log_every=25,
@@ -281,7 +316,11 @@ def voc_resnet50() -> MNCConfig:
     )
 
 
-PRESETS = {"shapes-cpu": shapes_cpu, "voc-vgg16-paper": voc_vgg16_paper, "voc-resnet50": voc_resnet50}
+PRESETS = {
+    "shapes-cpu": shapes_cpu,
+    "voc-vgg16-paper": voc_vgg16_paper,
+    "voc-resnet50": voc_resnet50,
+}
 
 
 def get_preset(name: str) -> MNCConfig:

@@ -6,8 +6,9 @@ truth (:func:`label_anchors`), then draws 256 of them, at most half positive
 ground truth (:func:`sample_rois`). :func:`match_boxes` is the building block, with the
 same semantics as ``torchvision.models.detection._utils.Matcher``.
 
-Shape legend (structures.py): G ground-truth boxes, R anchors or proposals,
-H, W image size.
+Shape legend (structures.py): G ground-truth boxes, B boxes of any kind, T anchors of an
+image, R proposals or RoIs, H, W image size. The default thresholds and batch sizes are
+defined once, in ``config.RPNConfig`` (stage 1) and ``config.RoIConfig`` (stages 2-3).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from mnc_teach.anchors import anchors_inside_image
 from mnc_teach.boxes import box_iou
+from mnc_teach.config import RoIConfig, RPNConfig
 
 __all__ = [
     "BELOW_LOW_THRESHOLD",
@@ -26,10 +28,6 @@ __all__ = [
     "POSITIVE",
     "NEGATIVE",
     "IGNORE",
-    "RPN_POSITIVE_IOU",
-    "RPN_NEGATIVE_IOU",
-    "RPN_BATCH_SIZE",
-    "RPN_POSITIVE_FRACTION",
     "match_boxes",
     "label_anchors",
     "sample_pos_neg",
@@ -47,22 +45,17 @@ POSITIVE = 1
 NEGATIVE = 0
 IGNORE = -1
 
-# Stage-1 defaults, MNC_SPEC §2 [code: MNC/lib/mnc_config.py].
-RPN_POSITIVE_IOU = 0.7  # TRAIN.RPN_POSITIVE_OVERLAP
-RPN_NEGATIVE_IOU = 0.3  # TRAIN.RPN_NEGATIVE_OVERLAP
-RPN_BATCH_SIZE = 256  # TRAIN.RPN_BATCHSIZE, anchors sampled per image
-RPN_POSITIVE_FRACTION = 0.5  # TRAIN.RPN_FG_FRACTION
-
 
 def match_boxes(
     iou: Tensor,
+    *,
     high_threshold: float,
     low_threshold: float,
     allow_low_quality_matches: bool = False,
 ) -> Tensor:
     """Match every box (column) to its best ground truth (row), or to a sentinel.
 
-    For box r with best IoU ``v`` over the ground truth:
+    For box b with best IoU ``v`` over the ground truth:
 
     * ``v >= high_threshold``: the index of that ground truth;
     * ``low_threshold <= v < high_threshold``: ``BETWEEN_THRESHOLDS``;
@@ -79,21 +72,21 @@ def match_boxes(
     the low-quality rule (torchvision, and the official ``np.where(overlaps ==
     gt_max_overlaps)``, would then match every box that misses it, i.e. mark boxes
     with IoU 0 positive), and empty inputs are allowed (G == 0: every box is
-    ``BELOW_LOW_THRESHOLD``; R == 0: an empty result) where torchvision raises.
+    ``BELOW_LOW_THRESHOLD``; B == 0: an empty result) where torchvision raises.
 
     Args:
-        iou (Tensor[G, R], float): IoU of every (ground truth, box) pair, e.g.
+        iou (Tensor[G, B], float): IoU of every (ground truth, box) pair, e.g.
             ``box_iou(gt_boxes, anchors)``.
         high_threshold: smallest IoU of a match.
         low_threshold: smallest IoU that is not a negative; ``<= high_threshold``.
         allow_low_quality_matches: also match each ground truth's best boxes.
 
     Returns:
-        matches (Tensor[R], int64): ground-truth index in ``0..G-1``, or
+        matches (Tensor[B], int64): ground-truth index in ``0..G-1``, or
         ``BELOW_LOW_THRESHOLD`` (-1), or ``BETWEEN_THRESHOLDS`` (-2).
     """
     if iou.ndim != 2:
-        raise ValueError(f"match_boxes needs an IoU matrix [G, R], got shape {tuple(iou.shape)}")
+        raise ValueError(f"match_boxes needs an IoU matrix [G, B], got shape {tuple(iou.shape)}")
     if low_threshold > high_threshold:
         raise ValueError(
             f"match_boxes got low_threshold={low_threshold} > high_threshold={high_threshold}; "
@@ -103,7 +96,7 @@ def match_boxes(
     if num_gt == 0 or num_boxes == 0:
         return torch.full((num_boxes,), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
 
-    best_iou_per_box, best_gt_per_box = iou.max(dim=0)  # each (R,)
+    best_iou_per_box, best_gt_per_box = iou.max(dim=0)  # each (B,)
     matches = best_gt_per_box.clone()
     matches[best_iou_per_box < low_threshold] = BELOW_LOW_THRESHOLD
     between = (best_iou_per_box >= low_threshold) & (best_iou_per_box < high_threshold)
@@ -111,9 +104,9 @@ def match_boxes(
 
     if allow_low_quality_matches:
         best_iou_per_gt = iou.max(dim=1).values  # (G,)
-        # is_best[g, r]: box r is (one of) the best boxes of ground truth g, which some box touches
-        is_best = (iou == best_iou_per_gt[:, None]) & (best_iou_per_gt[:, None] > 0)  # (G, R)
-        is_best_for_some_gt = is_best.any(dim=0)  # (R,)
+        # is_best[g, b]: box b is (one of) the best boxes of ground truth g, which some box touches
+        is_best = (iou == best_iou_per_gt[:, None]) & (best_iou_per_gt[:, None] > 0)  # (G, B)
+        is_best_for_some_gt = is_best.any(dim=0)  # (B,)
         matches[is_best_for_some_gt] = best_gt_per_box[is_best_for_some_gt]
     return matches
 
@@ -122,8 +115,9 @@ def label_anchors(
     anchors: Tensor,
     gt_boxes: Tensor,
     image_size: tuple[int, int],
-    positive_iou: float = RPN_POSITIVE_IOU,
-    negative_iou: float = RPN_NEGATIVE_IOU,
+    *,
+    positive_iou: float = RPNConfig.positive_iou,
+    negative_iou: float = RPNConfig.negative_iou,
     allowed_border: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Stage-1 training labels for every anchor (MNC_SPEC §2, ``anchor_target_layer.py``).
@@ -140,7 +134,7 @@ def label_anchors(
     An image without ground truth (G == 0) is legal: every inside anchor is negative.
 
     Args:
-        anchors (Tensor[R, 4], float, xyxy pixels): e.g. from ``grid_anchors``.
+        anchors (Tensor[T, 4], float, xyxy pixels): e.g. from ``grid_anchors``.
         gt_boxes (Tensor[G, 4], float, xyxy pixels)
         image_size: ``(height, width)`` of the (resized) image.
         positive_iou: IoU that makes an anchor positive (0.7, ``RPN_POSITIVE_OVERLAP``).
@@ -148,8 +142,8 @@ def label_anchors(
         allowed_border: pixels an anchor may stick out of the image (0, ``allowed_border``).
 
     Returns:
-        labels (Tensor[R], int64): ``POSITIVE`` (1), ``NEGATIVE`` (0) or ``IGNORE`` (-1).
-        matched_gt (Tensor[R], int64): for a positive anchor, the index of its max-IoU
+        labels (Tensor[T], int64): ``POSITIVE`` (1), ``NEGATIVE`` (0) or ``IGNORE`` (-1).
+        matched_gt (Tensor[T], int64): for a positive anchor, the index of its max-IoU
             ground truth (the box its deltas regress to); 0 for every other anchor and
             when G == 0, so ``gt_boxes[matched_gt]`` is safe only where labels == 1.
     """
@@ -159,8 +153,10 @@ def label_anchors(
     matched_gt = torch.zeros((num_anchors,), dtype=torch.int64, device=device)
 
     inside_idx = torch.nonzero(anchors_inside_image(anchors, image_size, allowed_border)).flatten()
-    iou = box_iou(gt_boxes.to(anchors.dtype), anchors[inside_idx])  # (G, R_inside)
-    matches = match_boxes(iou, positive_iou, negative_iou, allow_low_quality_matches=True)
+    iou = box_iou(gt_boxes.to(anchors.dtype), anchors[inside_idx])  # (G, T_inside)
+    matches = match_boxes(
+        iou, high_threshold=positive_iou, low_threshold=negative_iou, allow_low_quality_matches=True
+    )
 
     labels_inside = torch.full_like(matches, IGNORE)  # BETWEEN_THRESHOLDS stays ignored
     labels_inside[matches == BELOW_LOW_THRESHOLD] = NEGATIVE
@@ -172,8 +168,9 @@ def label_anchors(
 
 def sample_pos_neg(
     labels: Tensor,
-    batch_size: int = RPN_BATCH_SIZE,
-    positive_fraction: float = RPN_POSITIVE_FRACTION,
+    *,
+    batch_size: int = RPNConfig.batch_size,
+    positive_fraction: float = RPNConfig.positive_fraction,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw a training batch: at most ``batch_size * positive_fraction`` positives, then
@@ -187,14 +184,16 @@ def sample_pos_neg(
     torchvision (one ``randperm`` for the positives, then one for the negatives).
 
     Args:
-        labels (Tensor[R], int): 1 positive, 0 negative, -1 ignored (from :func:`label_anchors`).
+        labels (Tensor[T], int): 1 positive, 0 negative, -1 ignored (from :func:`label_anchors`).
         batch_size: number of elements to draw.
         positive_fraction: largest fraction of positives in the batch.
         generator: a seeded ``torch.Generator`` makes the sample reproducible.
 
     Returns:
-        pos_idx (Tensor[P], int64): indices into ``labels`` of the sampled positives, increasing.
-        neg_idx (Tensor[Q], int64): the sampled negatives, increasing. ``P + Q <= batch_size``.
+        pos_idx (Tensor[num_pos], int64): indices into ``labels`` of the sampled positives,
+            increasing.
+        neg_idx (Tensor[num_neg], int64): the sampled negatives, increasing;
+            ``num_pos + num_neg <= batch_size``.
     """
     positive = torch.nonzero(labels == POSITIVE).flatten()
     negative = torch.nonzero(labels == NEGATIVE).flatten()
@@ -226,8 +225,11 @@ class RoISample:
     iou: Tensor
 
 
-def match_rois(boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, fg_iou: float) -> RoISample:
-    """Match every box to its max-IoU ground truth; box-level label = that class if IoU >= fg_iou."""
+def match_rois(
+    boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, fg_iou: float
+) -> RoISample:
+    """Match every box (Tensor[R, 4]) to its max-IoU ground truth; box-level label = that
+    class if IoU >= fg_iou."""
     iou = box_iou(gt_boxes.to(boxes.dtype), boxes.detach())  # (G, R)
     if iou.shape[0] == 0:
         zeros = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
@@ -241,12 +243,13 @@ def sample_rois(
     proposals: Tensor,
     gt_boxes: Tensor,
     gt_labels: Tensor,
-    batch_size: int = 64,
-    fg_fraction: float = 0.3,
-    fg_iou: float = 0.5,
-    bg_iou_low: float = 0.1,
-    hard_bg_fraction: float = 0.85,
-    append_gt_boxes: bool = True,
+    *,
+    batch_size: int = RoIConfig.batch_size,
+    fg_fraction: float = RoIConfig.fg_fraction,
+    fg_iou: float = RoIConfig.fg_iou,
+    bg_iou_low: float = RoIConfig.bg_iou_low,
+    hard_bg_fraction: float = RoIConfig.hard_bg_fraction,
+    append_gt_boxes: bool = RoIConfig.append_gt_boxes,
     generator: torch.Generator | None = None,
 ) -> RoISample:
     """Draw the training RoIs of stages 2-3 (``proposal_target_layer.py``, MNC_SPEC §4).
@@ -258,17 +261,18 @@ def sample_rois(
     the other. Without replacement, so the batch may be smaller than ``batch_size``.
 
     Args:
-        proposals (Tensor[P, 4], xyxy pixels): stage-1 boxes (gradients flow through them).
+        proposals (Tensor[R, 4], xyxy pixels): stage-1 boxes (gradients flow through them).
         gt_boxes (Tensor[G, 4]), gt_labels (Tensor[G], int64 in 1..K).
         generator: a seeded ``torch.Generator`` for a reproducible sample (None: global RNG).
     """
     candidates = proposals
     if append_gt_boxes and gt_boxes.numel():
-        candidates = torch.cat([proposals, gt_boxes.to(proposals)])  # (P + G, 4)
-    matched = match_rois(candidates, gt_boxes, gt_labels, fg_iou)
+        candidates = torch.cat([proposals, gt_boxes.to(proposals)])  # (R + G, 4)
+    matched = match_rois(candidates, gt_boxes, gt_labels, fg_iou=fg_iou)
 
     def draw(indices: Tensor, count: int) -> Tensor:
-        order = torch.randperm(indices.numel(), generator=generator, device=generator.device if generator else None)
+        device = generator.device if generator else None
+        order = torch.randperm(indices.numel(), generator=generator, device=device)
         return indices[order[:count].to(indices.device)]
 
     fg = torch.nonzero(matched.labels > 0).flatten()
@@ -276,6 +280,10 @@ def sample_rois(
     easy_bg = torch.nonzero((matched.labels == 0) & (matched.iou < bg_iou_low)).flatten()
     fg = draw(fg, int(batch_size * fg_fraction))
     num_bg = batch_size - fg.numel()
-    num_hard = min(hard_bg.numel(), max(int(round(num_bg * hard_bg_fraction)), num_bg - easy_bg.numel()))
+    num_hard = min(
+        hard_bg.numel(), max(int(round(num_bg * hard_bg_fraction)), num_bg - easy_bg.numel())
+    )
     keep = torch.cat([fg, draw(hard_bg, num_hard), draw(easy_bg, num_bg - num_hard)])
-    return RoISample(matched.boxes[keep], matched.matched_gt[keep], matched.labels[keep], matched.iou[keep])
+    return RoISample(
+        matched.boxes[keep], matched.matched_gt[keep], matched.labels[keep], matched.iou[keep]
+    )

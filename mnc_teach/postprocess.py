@@ -1,4 +1,5 @@
-"""Inference post-processing: per-class NMS, mask voting, masks pasted into the image (MNC_SPEC §8).
+"""Inference post-processing: per-class NMS, mask voting, masks pasted into the image
+(MNC_SPEC §8).
 
 The cascade gives candidates: boxes, m x m soft masks and (K+1)-way mask-level class
 probabilities (300 from stage 3 plus 300 from stage 5 in the paper). For each class, NMS at
@@ -8,7 +9,8 @@ candidates whose box has IoU >= 0.5 with it (suppressed ones included), binarise
 the box; the paper measures about +1 mAP^r from it.
 
 Shapes (legend in structures.py): Q candidates, M mask side, K classes, D detections,
-H x W image.
+H x W image; h_r x w_r a region of it. The default settings are defined once, in
+``config.InferenceConfig``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mnc_teach.boxes import batched_nms, box_iou, masks_to_boxes
+from mnc_teach.config import InferenceConfig
 
 __all__ = ["paste_masks", "postprocess_detections"]
 
@@ -43,14 +46,18 @@ def paste_masks(masks: Tensor, boxes: Tensor, region: tuple[int, int, int, int])
     num = masks.shape[0]
     if num == 0 or x1 <= x0 or y1 <= y0:
         return masks.new_zeros((num, max(y1 - y0, 0), max(x1 - x0, 0)))
-    xs = torch.arange(x0, x1, device=masks.device, dtype=masks.dtype) + 0.5  # (w_r,) pixel centres
+    xs = torch.arange(x0, x1, device=masks.device, dtype=masks.dtype) + 0.5  # (w_r,) centres
     ys = torch.arange(y0, y1, device=masks.device, dtype=masks.dtype) + 0.5  # (h_r,)
     bx1, by1, bx2, by2 = boxes.to(masks.dtype).unbind(dim=1)  # each (Q,)
-    # relative position in the box, mapped to grid_sample's [-1, 1] (align_corners=False: -1 is the box edge)
+    # relative position in the box, mapped to grid_sample's [-1, 1] (align_corners=False: -1 is
+    # the box edge)
     gx = 2 * (xs[None] - bx1[:, None]) / (bx2 - bx1).clamp(min=1e-6)[:, None] - 1  # (Q, w_r)
     gy = 2 * (ys[None] - by1[:, None]) / (by2 - by1).clamp(min=1e-6)[:, None] - 1  # (Q, h_r)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (Q, h_r, w_r, 2) as (x, y)
-    pasted = F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+    # (Q, h_r, w_r, 2) as (x, y)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    pasted = F.grid_sample(
+        masks[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[:, 0]  # (Q, 1, M, M) -> (Q, h_r, w_r)
     inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]  # (Q, h_r, w_r)
     return pasted * inside
 
@@ -64,11 +71,12 @@ def _region_of(boxes: Tensor, image_size: tuple[int, int]) -> tuple[int, int, in
     return x0, y0, x1, y1
 
 
-MAX_PASTED_ELEMENTS = 2**25  # paste every voter over the whole image at once below this many floats
+# paste every voter over the whole image at once below this many floats
+MAX_PASTED_ELEMENTS = 2**25
 
 
 def _weighted_pasted_masks(
-    voter_weights: Tensor, mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int]
+    voter_weights: Tensor, mask_probs: Tensor, boxes: Tensor, *, image_size: tuple[int, int]
 ) -> Tensor:
     """``sum_q voter_weights[d, q] * paste(mask q)`` for every detection d: (D, Q) -> (D, H, W).
 
@@ -78,17 +86,20 @@ def _weighted_pasted_masks(
     """
     height, width = image_size
     num_detections = voter_weights.shape[0]
-    used = torch.nonzero(voter_weights.sum(dim=0) > 0).flatten()  # candidates that vote at all
+    # the candidates that vote at all (U of them; V below: the voters of one detection)
+    used = torch.nonzero(voter_weights.sum(dim=0) > 0).flatten()
     if used.numel() * height * width <= MAX_PASTED_ELEMENTS:
         pasted = paste_masks(mask_probs[used], boxes[used], (0, 0, width, height))  # (U, H, W)
-        return (voter_weights[:, used] @ pasted.flatten(1)).view(num_detections, height, width)
+        weighted = voter_weights[:, used] @ pasted.flatten(1)  # (D, U) @ (U, H*W) -> (D, H*W)
+        return weighted.view(num_detections, height, width)
     out = mask_probs.new_zeros((num_detections, height, width))
     for d in range(num_detections):
         voters = torch.nonzero(voter_weights[d]).flatten()
         if voters.numel() == 0:  # a detection whose class score is 0
             continue
         x0, y0, x1, y1 = _region_of(boxes[voters], image_size)
-        pasted = paste_masks(mask_probs[voters], boxes[voters], (x0, y0, x1, y1))  # (V, h_r, w_r)
+        # (V, h_r, w_r) for the V voters of detection d
+        pasted = paste_masks(mask_probs[voters], boxes[voters], (x0, y0, x1, y1))
         out[d, y0:y1, x0:x1] = torch.einsum("v,vhw->hw", voter_weights[d, voters], pasted)
     return out
 
@@ -97,13 +108,14 @@ def postprocess_detections(
     boxes: Tensor,
     mask_probs: Tensor,
     class_probs: Tensor,
+    *,
     image_size: tuple[int, int],
-    nms_iou: float = 0.3,
-    detections_per_image: int = 100,
-    score_threshold: float = 0.0,
-    mask_voting: bool = True,
-    vote_iou: float = 0.5,
-    mask_threshold: float = 0.4,
+    nms_iou: float = InferenceConfig.nms_iou,
+    detections_per_image: int = InferenceConfig.detections_per_image,
+    score_threshold: float = InferenceConfig.score_threshold,
+    mask_voting: bool = InferenceConfig.mask_voting,
+    vote_iou: float = InferenceConfig.vote_iou,
+    mask_threshold: float = InferenceConfig.mask_threshold,
 ) -> dict[str, Tensor]:
     """Turn one image's candidates into detections (structures.Detection).
 
@@ -120,20 +132,24 @@ def postprocess_detections(
         mask_threshold: binarisation of the voted mask, for the output box (0.4).
 
     Returns:
-        boxes (Tensor[D, 4]), labels (Tensor[D]), scores (Tensor[D]), masks (Tensor[D, 1, H, W]
-        soft). With voting the box is the tight box of the voted mask >= ``mask_threshold``
-        (as the code), or the candidate's box when that is empty.
+        boxes (Tensor[D, 4]), labels (Tensor[D]), scores (Tensor[D]), masks
+        (Tensor[D, 1, H, W], soft). With voting the box is the tight box of the voted mask
+        >= ``mask_threshold`` (as the code), or the candidate's box when that is empty.
     """
     height, width = image_size
     num_candidates, num_fg = class_probs.shape[0], class_probs.shape[1] - 1
     fg_scores = class_probs[:, 1:]  # (Q, K)
     # one row per (candidate, class) pair
-    pair_candidate = torch.arange(num_candidates, device=boxes.device).repeat_interleave(num_fg)  # (Q*K,)
+    candidates = torch.arange(num_candidates, device=boxes.device)
+    pair_candidate = candidates.repeat_interleave(num_fg)  # (Q*K,)
     pair_label = torch.arange(1, num_fg + 1, device=boxes.device).repeat(num_candidates)  # (Q*K,)
     pair_score = fg_scores.reshape(-1)  # (Q, K) -> (Q*K,), same order
     valid = pair_score >= score_threshold
-    pair_candidate, pair_label, pair_score = pair_candidate[valid], pair_label[valid], pair_score[valid]
-    keep = batched_nms(boxes[pair_candidate], pair_score, pair_label, nms_iou)[:detections_per_image]
+    pair_candidate, pair_label = pair_candidate[valid], pair_label[valid]
+    pair_score = pair_score[valid]
+    keep = batched_nms(
+        boxes[pair_candidate], pair_score, pair_label, iou_threshold=nms_iou
+    )[:detections_per_image]
     kept_candidate, labels, scores = pair_candidate[keep], pair_label[keep], pair_score[keep]
 
     num_detections = keep.numel()
@@ -141,11 +157,15 @@ def postprocess_detections(
     if mask_voting:
         similar = box_iou(boxes[kept_candidate], boxes) >= vote_iou  # (D, Q)
         similar[torch.arange(num_detections), kept_candidate] = True  # itself, even a zero-area box
-        voter_weights = similar * fg_scores[:, labels - 1].T  # (D, Q): each voter's score for class d
+        # (D, Q): each voter's score for the class of detection d
+        voter_weights = similar * fg_scores[:, labels - 1].T
         voter_weights = voter_weights / voter_weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
     else:
-        voter_weights = F.one_hot(kept_candidate, num_candidates).to(mask_probs.dtype)  # (D, Q): its own mask
-    out_masks = _weighted_pasted_masks(voter_weights, mask_probs, boxes, image_size)  # (D, H, W)
+        # (D, Q): each detection's own mask only
+        voter_weights = F.one_hot(kept_candidate, num_candidates).to(mask_probs.dtype)
+    out_masks = _weighted_pasted_masks(
+        voter_weights, mask_probs, boxes, image_size=image_size
+    )  # (D, H, W)
     out_boxes = boxes[kept_candidate].clone()
     if mask_voting:  # the box of the voted mask, as the code
         binary = out_masks >= mask_threshold

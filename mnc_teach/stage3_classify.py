@@ -5,16 +5,19 @@ feature grid: ``F_mask = F_RoI * M`` (the paper's equation; differentiable in bo
 classification loss also trains stage 2). Two pathways of two fc layers each, one on
 ``F_mask`` and one on ``F_RoI``, are concatenated and feed three heads:
 
-    cls_logits      (K+1)-way *mask-level* classifier: the only score used at inference;
-    box_cls_logits  (K+1)-way *box-level* classifier: a training signal only;
-    box_deltas      class-specific box regression, 4 per class (background included, as the code).
+    mask_cls_logits  (K+1)-way *mask-level* classifier: the only score used at inference;
+                     loss ``loss_cls_mask``;
+    box_cls_logits   (K+1)-way *box-level* classifier: a training signal only; ``loss_cls_box``;
+    box_deltas       class-specific box regression, 4 per class (background included, as the
+                     code); ``loss_box_reg``.
 
 Labels: a RoI is box-level foreground (its GT class) when its box IoU is >= 0.5; it is
 mask-level foreground when in addition the stage-2 mask, binarised at 0.4, has mask IoU
 >= 0.5 with the instance [paper; code ``mask_layer.py``].
 
-Shapes (legend in structures.py): R RoIs, C channels, P RoI-feature side, M mask side,
-K foreground classes.
+Shapes (legend in structures.py): R RoIs (R_fg: the box-level foreground ones), C channels,
+P RoI-feature side, M mask side, K foreground classes. The default settings are defined
+once, in ``config.ClassifierConfig`` and ``config.MaskHeadConfig``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mnc_teach.boxes import box_area, encode_boxes
+from mnc_teach.config import ClassifierConfig, MaskHeadConfig
 
-__all__ = ["ClassifierHead", "ClassifierOutput", "mask_pool", "mask_level_labels", "classifier_losses"]
+__all__ = [
+    "ClassifierHead",
+    "ClassifierOutput",
+    "mask_pool",
+    "mask_level_labels",
+    "classifier_losses",
+]
 
 CLS_INIT_STD = 0.01  # cls_score / seg_cls_score init (Fast R-CNN)
 BOX_INIT_STD = 0.001  # bbox_pred init (Fast R-CNN)
@@ -35,7 +45,9 @@ BOX_INIT_STD = 0.001  # bbox_pred init (Fast R-CNN)
 
 def mask_pool(roi_features: Tensor, mask_probs: Tensor) -> Tensor:
     """``F_RoI * M``: features (R, C, P, P) times the soft masks (R, M, M) resized to P x P."""
-    masks = F.interpolate(mask_probs[:, None], size=roi_features.shape[-2:], mode="bilinear", align_corners=False)
+    masks = F.interpolate(
+        mask_probs[:, None], size=roi_features.shape[-2:], mode="bilinear", align_corners=False
+    )  # (R, M, M) -> (R, 1, P, P)
     return roi_features * masks  # (R, C, P, P) * (R, 1, P, P)
 
 
@@ -44,12 +56,12 @@ class ClassifierOutput:
     """Stage-3 (or stage-5) outputs for R RoIs.
 
     Attributes:
-        cls_logits (Tensor[R, K+1]): mask-level class logits.
+        mask_cls_logits (Tensor[R, K+1]): mask-level class logits (the inference score).
         box_cls_logits (Tensor[R, K+1]): box-level class logits.
         box_deltas (Tensor[R, 4 * (K+1)]): encoded with the stage-3 box weights (10, 10, 5, 5).
     """
 
-    cls_logits: Tensor
+    mask_cls_logits: Tensor
     box_cls_logits: Tensor
     box_deltas: Tensor
 
@@ -57,7 +69,15 @@ class ClassifierOutput:
 class ClassifierHead(nn.Module):
     """Mask pathway + box pathway -> mask-level classifier, box-level classifier, box regression."""
 
-    def __init__(self, in_channels: int, roi_size: int, num_classes: int, fc_dim: int = 4096, pathway_pool: int = 2):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        roi_size: int,
+        num_classes: int,
+        fc_dim: int = ClassifierConfig.fc_dim,
+        pathway_pool: int = ClassifierConfig.pathway_pool,
+    ):
         """``num_classes`` = K foreground classes; ``pathway_pool`` max-pools the RoI features
         before fc6 (the code: 14 x 14 -> 7 x 7 so that fc6 takes ImageNet VGG-16 weights)."""
         super().__init__()
@@ -65,22 +85,35 @@ class ClassifierHead(nn.Module):
         fc_in = in_channels * (roi_size // pathway_pool) ** 2
 
         def pathway() -> nn.Sequential:
-            return nn.Sequential(nn.Linear(fc_in, fc_dim), nn.ReLU(inplace=True), nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Linear(fc_in, fc_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(fc_dim, fc_dim),
+                nn.ReLU(inplace=True),
+            )
 
         self.mask_pathway = pathway()  # fc6_mask, fc7_mask
         self.box_pathway = pathway()  # fc6, fc7
+        # layer names kept as the checkpoints' state-dict keys: cls_score is the mask-level one
         self.cls_score = nn.Linear(2 * fc_dim, num_classes + 1)  # seg_cls_score: mask-level
         self.box_cls_score = nn.Linear(2 * fc_dim, num_classes + 1)  # cls_score: box-level
         self.box_pred = nn.Linear(2 * fc_dim, 4 * (num_classes + 1))  # bbox_pred
-        for layer, std in ((self.cls_score, CLS_INIT_STD), (self.box_cls_score, CLS_INIT_STD), (self.box_pred, BOX_INIT_STD)):
+        for layer, std in (
+            (self.cls_score, CLS_INIT_STD),
+            (self.box_cls_score, CLS_INIT_STD),
+            (self.box_pred, BOX_INIT_STD),
+        ):
             nn.init.normal_(layer.weight, std=std)
             nn.init.zeros_(layer.bias)
 
     def load_fc_weights(self, fc_state: dict[str, Tensor]) -> None:
-        """Both pathways start from the same ImageNet fc6/fc7 (keys ``fc6.weight`` ...) [paper; code]."""
+        """Both pathways start from the same ImageNet fc6/fc7 (keys ``fc6.weight`` ...)
+        [paper; code]."""
         for pathway in (self.mask_pathway, self.box_pathway):
-            pathway[0].load_state_dict({"weight": fc_state["fc6.weight"], "bias": fc_state["fc6.bias"]})
-            pathway[2].load_state_dict({"weight": fc_state["fc7.weight"], "bias": fc_state["fc7.bias"]})
+            for index, name in ((0, "fc6"), (2, "fc7")):
+                pathway[index].load_state_dict(
+                    {"weight": fc_state[f"{name}.weight"], "bias": fc_state[f"{name}.bias"]}
+                )
 
     def _flat(self, x: Tensor) -> Tensor:
         if self.pathway_pool > 1:
@@ -89,22 +122,29 @@ class ClassifierHead(nn.Module):
 
     def forward(self, roi_features: Tensor, mask_probs: Tensor) -> ClassifierOutput:
         """roi_features (R, C, P, P); mask_probs (R, M, M) soft stage-2 masks in [0, 1]."""
-        mask_branch = self.mask_pathway(self._flat(mask_pool(roi_features, mask_probs)))  # (R, fc_dim)
+        masked = mask_pool(roi_features, mask_probs)  # (R, C, P, P)
+        mask_branch = self.mask_pathway(self._flat(masked))  # (R, fc_dim)
         box_branch = self.box_pathway(self._flat(roi_features))  # (R, fc_dim)
         joint = torch.cat([mask_branch, box_branch], dim=1)  # (R, 2 * fc_dim)
-        return ClassifierOutput(self.cls_score(joint), self.box_cls_score(joint), self.box_pred(joint))
+        return ClassifierOutput(
+            mask_cls_logits=self.cls_score(joint),
+            box_cls_logits=self.box_cls_score(joint),
+            box_deltas=self.box_pred(joint),
+        )
 
 
 def mask_level_labels(
     mask_probs: Tensor,
     mask_targets: Tensor,
     boxes: Tensor,
+    *,
     gt_areas: Tensor,
     box_labels: Tensor,
-    mask_iou_fg: float = 0.5,
-    threshold: float = 0.4,
+    mask_iou_fg: float = ClassifierConfig.mask_iou_fg,
+    threshold: float = MaskHeadConfig.target_threshold,
 ) -> Tensor:
-    """Mask-level labels: the box-level label where the predicted mask has IoU >= 0.5 with the instance.
+    """Mask-level labels: the box-level label where the predicted mask has IoU >= 0.5 with the
+    instance.
 
     The IoU is computed in the RoI's m x m frame, scaled to pixels: each cell covers
     ``box area / M^2`` pixels. The intersection and the predicted area are counted inside
@@ -113,9 +153,12 @@ def mask_level_labels(
 
     Args:
         mask_probs (Tensor[R, M, M]): stage-2 soft masks (no gradient is taken).
-        mask_targets (Tensor[R, M, M]): the instance inside the RoI, 0/1 (stage2_masks.mask_targets).
+        mask_targets (Tensor[R, M, M]): the instance inside the RoI, 0/1
+            (stage2_masks.mask_targets).
         boxes (Tensor[R, 4]): the RoIs. gt_areas (Tensor[R]): pixel area of each RoI's instance.
         box_labels (Tensor[R], int64): box-level labels (0 = background).
+        mask_iou_fg: smallest mask IoU of a mask-level foreground RoI.
+        threshold: binarises ``mask_probs``.
 
     Returns:
         labels (Tensor[R], int64)
@@ -130,12 +173,13 @@ def mask_level_labels(
 
 def classifier_losses(
     output: ClassifierOutput,
+    *,
     mask_labels: Tensor,
     box_labels: Tensor,
     boxes: Tensor,
     gt_boxes: Tensor,
-    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
-    box_loss_beta: float = 1.0,
+    box_weights: tuple[float, float, float, float] = ClassifierConfig.box_weights,
+    box_loss_beta: float = ClassifierConfig.box_loss_beta,
 ) -> dict[str, Tensor]:
     """Cross-entropy for both classifiers and smooth L1 for the box-level foreground's deltas.
 
@@ -146,18 +190,26 @@ def classifier_losses(
         output: the head's outputs for R RoIs.
         mask_labels, box_labels (Tensor[R], int64): see :func:`mask_level_labels`.
         boxes (Tensor[R, 4]): the RoIs; gt_boxes (Tensor[R, 4]): each RoI's matched instance box.
+        box_weights: the weights the deltas are encoded with (``boxes.encode_boxes``).
+        box_loss_beta: where the smooth L1 turns from quadratic to linear.
 
     Returns:
-        ``{"loss_cls", "loss_cls_box", "loss_box"}``
+        ``{"loss_cls_mask", "loss_cls_box", "loss_box_reg"}``: the mask-level and the
+        box-level classifier, the box regression.
     """
     num_rois = max(box_labels.numel(), 1)
     fg = torch.nonzero(box_labels > 0).flatten()
     deltas = output.box_deltas.unflatten(1, (-1, 4))  # (R, 4(K+1)) -> (R, K+1, 4); R may be 0
-    pred_deltas = deltas[fg, box_labels[fg]]  # (F, 4): each foreground RoI's own class
-    target_deltas = encode_boxes(gt_boxes[fg].to(boxes), boxes[fg].detach(), box_weights)
-    loss_box = F.smooth_l1_loss(pred_deltas, target_deltas.to(pred_deltas), beta=box_loss_beta, reduction="sum") / num_rois
-    return {  # sum / R: the mean, and 0 (not NaN) when there is no RoI
-        "loss_cls": F.cross_entropy(output.cls_logits, mask_labels, reduction="sum") / num_rois,
-        "loss_cls_box": F.cross_entropy(output.box_cls_logits, box_labels, reduction="sum") / num_rois,
-        "loss_box": loss_box,
+    pred_deltas = deltas[fg, box_labels[fg]]  # (R_fg, 4): each foreground RoI's own class
+    target_deltas = encode_boxes(gt_boxes[fg].to(boxes), boxes[fg].detach(), weights=box_weights)
+    loss_box_reg = F.smooth_l1_loss(
+        pred_deltas, target_deltas.to(pred_deltas), beta=box_loss_beta, reduction="sum"
+    ) / num_rois
+    # sum / R: the mean, and 0 (not NaN) when there is no RoI
+    loss_cls_mask = F.cross_entropy(output.mask_cls_logits, mask_labels, reduction="sum")
+    loss_cls_box = F.cross_entropy(output.box_cls_logits, box_labels, reduction="sum")
+    return {
+        "loss_cls_mask": loss_cls_mask / num_rois,
+        "loss_cls_box": loss_cls_box / num_rois,
+        "loss_box_reg": loss_box_reg,
     }

@@ -1,11 +1,18 @@
 """The data contract every part of mnc_teach speaks (DESIGN.md §3).
 
-Shape legend used in every module of the package:
-    N  images in a batch          H, W  image height and width (pixels)
-    h, w  feature-map size        A  anchors per feature-map location
-    R  RoIs / proposals           G  ground-truth instances in one image
-    D  detections in one image    K  foreground classes (0 = background)
-    P  RoI-warp output side       M  mask side (m in the paper)
+Shape legend: each letter means the same thing in every module of the package.
+    N     images in a batch               H, W  image height and width (pixels)
+    C     feature channels                h, w  feature-map size
+    A     anchors per feature-map location
+    T     anchors of an image in all: h * w * A
+    R     RoIs / proposals (R_i: those of image i; R_fg: the foreground ones)
+    G     ground-truth instances in one image
+    B     boxes of any kind, in the geometry helpers (B1, B2: two sets)
+    K     foreground classes (0 = background, so K+1 classes with it)
+    P     RoI-warp output side            S_h, S_w  a warp grid's size (P x P after pooling)
+    M     mask side (m in the paper)
+    Q     candidate detections of an image, before NMS
+    D     detections in one image
 
 Conventions:
     * Images are float tensors in [0, 1], ``Tensor[3, H, W]``.
@@ -74,7 +81,9 @@ def empty_target(height: int, width: int, image_id: str = "") -> Target:
     )
 
 
-def check_targets(images: list[Tensor], targets: list[Target], num_classes: int | None = None) -> None:
+def check_targets(
+    images: list[Tensor], targets: list[Target], num_classes: int | None = None
+) -> None:
     """Raise ``ValueError`` naming the image and the key when the contract is broken.
 
     Checks shapes, dtypes, box validity (finite, x2 > x1, y2 > y1) and label range.
@@ -82,30 +91,49 @@ def check_targets(images: list[Tensor], targets: list[Target], num_classes: int 
     instead of a shape error deep inside a loss.
     """
     if len(images) != len(targets):
-        raise ValueError(f"got {len(images)} images but {len(targets)} targets; pass one target per image")
+        raise ValueError(
+            f"got {len(images)} images but {len(targets)} targets; pass one target per image"
+        )
     for i, (image, target) in enumerate(zip(images, targets, strict=True)):
-        where = f"target {i}" + (f" (image_id {target['image_id']!r})" if target.get("image_id") else "")
+        where = f"target {i}"
+        if target.get("image_id"):
+            where += f" (image_id {target['image_id']!r})"
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image {i} has shape {tuple(image.shape)}; expected Tensor[3, H, W]")
+            raise ValueError(
+                f"image {i} has shape {tuple(image.shape)}; expected Tensor[3, H, W]"
+            )
         if not image.is_floating_point():
-            raise ValueError(f"image {i} has dtype {image.dtype}; expected float in [0, 1] (use transforms.ToTensor)")
+            raise ValueError(
+                f"image {i} has dtype {image.dtype}; expected float in [0, 1] "
+                "(use transforms.ToTensor)"
+            )
         height, width = image.shape[-2:]
         for key in ("boxes", "labels", "masks"):
             if key not in target:
                 raise ValueError(f"{where} has no {key!r}; expected keys boxes, labels, masks")
         boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
         if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype != torch.float32:
-            raise ValueError(f"{where}: boxes are {boxes.dtype} {tuple(boxes.shape)}; expected float32 [G, 4] xyxy")
+            raise ValueError(
+                f"{where}: boxes are {boxes.dtype} {tuple(boxes.shape)}; "
+                "expected float32 [G, 4] xyxy"
+            )
         num_instances = boxes.shape[0]
         if labels.shape != (num_instances,) or labels.dtype != torch.int64:
-            raise ValueError(f"{where}: labels are {labels.dtype} {tuple(labels.shape)}; expected int64 [{num_instances}]")
+            raise ValueError(
+                f"{where}: labels are {labels.dtype} {tuple(labels.shape)}; "
+                f"expected int64 [{num_instances}]"
+            )
         if masks.shape != (num_instances, height, width) or masks.dtype != torch.uint8:
             raise ValueError(
                 f"{where}: masks are {masks.dtype} {tuple(masks.shape)}; "
-                f"expected uint8 [{num_instances}, {height}, {width}] (one mask per box, image size)"
+                f"expected uint8 [{num_instances}, {height}, {width}] "
+                "(one mask per box, image size)"
             )
         if "ignore" in target and target["ignore"].shape != (height, width):
-            raise ValueError(f"{where}: ignore is {tuple(target['ignore'].shape)}; expected [{height}, {width}]")
+            raise ValueError(
+                f"{where}: ignore is {tuple(target['ignore'].shape)}; "
+                f"expected [{height}, {width}]"
+            )
         if num_instances == 0:
             continue
         if not torch.isfinite(boxes).all():
@@ -119,5 +147,6 @@ def check_targets(images: list[Tensor], targets: list[Target], num_classes: int 
             )
         if labels.min() < 1 or (num_classes is not None and labels.max() > num_classes):
             raise ValueError(
-                f"{where}: labels must be in 1..{num_classes or 'K'} (0 is background), got {labels.tolist()}"
+                f"{where}: labels must be in 1..{num_classes or 'K'} (0 is background), "
+                f"got {labels.tolist()}"
             )

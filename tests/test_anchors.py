@@ -16,7 +16,7 @@ SPEC_ANCHOR_SIZES = [
     (184, 96), (368, 192), (736, 384),
     (128, 128), (256, 256), (512, 512),
     (88, 176), (176, 352), (352, 704),
-]  # fmt: skip
+]
 
 # The 9 anchors listed in the comment of MNC/lib/transform/anchors.py (from the MATLAB code,
 # 1-based inclusive corners, first feature cell).
@@ -24,7 +24,7 @@ OFFICIAL_ANCHORS_MATLAB = [
     [-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376, 200],
     [-55, -55, 72, 72], [-119, -119, 136, 136], [-247, -247, 264, 264],
     [-35, -79, 52, 96], [-79, -167, 96, 184], [-167, -343, 184, 360],
-]  # fmt: skip
+]
 
 
 def widths_heights(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,8 @@ def test_grid_with_offset_zero_equals_torchvision_anchor_generator():
 
 
 def test_grid_order_lines_up_with_permuted_head_output():
-    """Row (i*w + j)*A + a is anchor a at cell (i, j), the order of (N, A*4, h, w) -> (N, h, w, A*4)."""
+    """Row (i*w + j)*A + a is anchor a at cell (i, j), the order of
+    (N, A*4, h, w) -> (N, h, w, A*4)."""
     feature_h, feature_w, stride = 3, 4, 16
     base = generate_base_anchors(legacy_rounding=True)  # whole pixels: the checks below are exact
     num_anchors = base.shape[0]

@@ -77,7 +77,8 @@ def test_vgg16_trunk_shape_stride_and_frozen_convs(skip_weight_init):
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.body) == 4  # pool5 dropped
     assert isinstance(model.body[-1], nn.ReLU)  # relu5_3
     # frozen_layers=4: conv1_1, conv1_2, conv2_1, conv2_2 fixed, the other nine trainable
-    assert [all(not p.requires_grad for p in c.parameters()) for c in convs] == [True] * 4 + [False] * 9
+    frozen = [all(not p.requires_grad for p in c.parameters()) for c in convs]
+    assert frozen == [True] * 4 + [False] * 9
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 48)).shape == (1, 512, 2, 3)
         # sizes that are not multiples of 16 round up, as Caffe's pooling does
@@ -100,7 +101,8 @@ def test_resnet50_trunk_shape_stride_and_frozen_stem(skip_weight_init):
     assert all(p.requires_grad for p in layer2.parameters())
     assert all(p.requires_grad for p in layer3.parameters())
     with torch.no_grad():
-        assert model(torch.rand(1, 3, 50, 33)).shape == (1, 1024, 4, 3)  # ceil(50 / 16), ceil(33 / 16)
+        # ceil(50 / 16), ceil(33 / 16)
+        assert model(torch.rand(1, 3, 50, 33)).shape == (1, 1024, 4, 3)
     unfrozen, _ = build_backbone("resnet50", pretrained=False, frozen_layers=0)
     assert all(p.requires_grad for p in unfrozen.parameters())
 
@@ -117,7 +119,8 @@ def test_load_imagenet_state_reads_weights_path_first(tmp_path):
     saved = {"features.0.weight": torch.randn(2, 3), "classifier.0.bias": torch.arange(4.0)}
     path = tmp_path / "vgg16.pth"
     torch.save(saved, path)
-    state = load_imagenet_state("vgg16", pretrained=True, weights_path=str(path))  # no download attempted
+    # no download attempted
+    state = load_imagenet_state("vgg16", pretrained=True, weights_path=str(path))
     assert state.keys() == saved.keys()
     assert all(torch.equal(state[k], saved[k]) for k in saved)
 
@@ -136,8 +139,14 @@ def test_offline_falls_back_to_random_weights_with_a_warning(monkeypatch, capsys
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    fake_weights = types.SimpleNamespace(url="https://example.invalid/resnet50-0676ba61.pth", get_state_dict=offline)
-    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: types.SimpleNamespace(IMAGENET1K_V1=fake_weights))
+    fake_weights = types.SimpleNamespace(
+        url="https://example.invalid/resnet50-0676ba61.pth", get_state_dict=offline
+    )
+    monkeypatch.setattr(
+        torchvision.models,
+        "get_model_weights",
+        lambda name: types.SimpleNamespace(IMAGENET1K_V1=fake_weights),
+    )
     with pytest.warns(UserWarning, match="RANDOM.*resnet50-0676ba61.pth"):
         model, state = build_backbone("resnet50", pretrained=True)
     assert state is None
@@ -150,7 +159,10 @@ def test_build_loads_the_imagenet_state(monkeypatch, skip_weight_init):
     into the trunk with frozen BatchNorm: weights and running statistics arrive."""
     reference = torchvision.models.resnet50(weights=None)
     gen = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    state = {
+        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        for k, v in reference.state_dict().items()
+    }
     seen = {}
 
     def fake_load(name, pretrained, weights_path):
@@ -163,7 +175,8 @@ def test_build_loads_the_imagenet_state(monkeypatch, skip_weight_init):
     assert returned is state
     conv1, bn1, layer3 = model.body[0], model.body[1], model.body[6]
     assert torch.equal(conv1.weight, state["conv1.weight"])
-    assert torch.equal(bn1.running_mean, state["bn1.running_mean"]) and torch.equal(bn1.weight, state["bn1.weight"])
+    assert torch.equal(bn1.running_mean, state["bn1.running_mean"])
+    assert torch.equal(bn1.weight, state["bn1.weight"])
     assert torch.equal(layer3[5].conv3.weight, state["layer3.5.conv3.weight"])
 
 
@@ -178,6 +191,7 @@ def test_vgg16_fc_weights_renames_fc6_fc7_only():
     }
     fc = vgg16_fc_weights(state)
     assert set(fc) == {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}
-    assert fc["fc6.weight"] is state["classifier.0.weight"] and fc["fc6.bias"] is state["classifier.0.bias"]
-    assert fc["fc7.weight"] is state["classifier.3.weight"] and fc["fc7.bias"] is state["classifier.3.bias"]
+    for ours, theirs in (("fc6", "classifier.0"), ("fc7", "classifier.3")):
+        assert fc[f"{ours}.weight"] is state[f"{theirs}.weight"]
+        assert fc[f"{ours}.bias"] is state[f"{theirs}.bias"]
     assert vgg16_fc_weights(None) is None

@@ -11,7 +11,6 @@ from torchvision.models.detection._utils import BoxCoder
 from mnc_teach.boxes import (
     MAX_LOG_SCALE,
     RPN_BOX_WEIGHTS,
-    STAGE3_BOX_WEIGHTS,
     batched_nms,
     box_area,
     box_cxcywh_to_xyxy,
@@ -25,6 +24,7 @@ from mnc_teach.boxes import (
     nms_reference,
     remove_small_boxes,
 )
+from mnc_teach.config import ClassifierConfig
 
 
 def random_boxes(
@@ -110,10 +110,10 @@ def test_masks_to_boxes_continuous_convention():
 # --- encode / decode ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weights", [RPN_BOX_WEIGHTS, STAGE3_BOX_WEIGHTS])
+@pytest.mark.parametrize("weights", [RPN_BOX_WEIGHTS, ClassifierConfig.box_weights])
 def test_encode_matches_torchvision_box_coder(weights):
     gt_boxes, ref_boxes = random_boxes(64, seed=5), random_boxes(64, seed=6)
-    deltas = encode_boxes(gt_boxes, ref_boxes, weights)
+    deltas = encode_boxes(gt_boxes, ref_boxes, weights=weights)
     # torchvision calls the ground truth "reference_boxes" and the anchors "proposals".
     expected = BoxCoder(weights).encode_single(gt_boxes, ref_boxes)
     torch.testing.assert_close(deltas, expected)
@@ -125,7 +125,8 @@ def test_encode_hand_computed():
     expected = torch.tensor([[1.0, 0.0, torch.log(torch.tensor(2.0)), 0.0]])
     torch.testing.assert_close(encode_boxes(gt, ref), expected)
     torch.testing.assert_close(
-        encode_boxes(gt, ref, STAGE3_BOX_WEIGHTS), expected * torch.tensor([10.0, 10.0, 5.0, 5.0])
+        encode_boxes(gt, ref, weights=ClassifierConfig.box_weights),
+        expected * torch.tensor([10.0, 10.0, 5.0, 5.0]),
     )
 
 
@@ -151,22 +152,23 @@ def test_encode_equals_caffe_inclusive_formula():
     torch.testing.assert_close(ours, caffe_bbox_transform(ref_incl, gt_incl))
 
 
-@pytest.mark.parametrize("weights", [RPN_BOX_WEIGHTS, STAGE3_BOX_WEIGHTS])
+@pytest.mark.parametrize("weights", [RPN_BOX_WEIGHTS, ClassifierConfig.box_weights])
 def test_decode_inverts_encode(weights):
     gt_boxes, ref_boxes = random_boxes(64, seed=7), random_boxes(64, seed=8)
-    decoded = decode_boxes(encode_boxes(gt_boxes, ref_boxes, weights), ref_boxes, weights)
+    deltas = encode_boxes(gt_boxes, ref_boxes, weights=weights)
+    decoded = decode_boxes(deltas, ref_boxes, weights=weights)
     torch.testing.assert_close(decoded, gt_boxes, rtol=1e-5, atol=1e-4)
-    assert torch.allclose(encode_boxes(ref_boxes, ref_boxes, weights), torch.zeros(64, 4))
+    assert torch.allclose(encode_boxes(ref_boxes, ref_boxes, weights=weights), torch.zeros(64, 4))
 
 
-@pytest.mark.parametrize("weights", [RPN_BOX_WEIGHTS, STAGE3_BOX_WEIGHTS])
+@pytest.mark.parametrize("weights", [RPN_BOX_WEIGHTS, ClassifierConfig.box_weights])
 def test_decode_class_specific_matches_torchvision(weights):
     num_classes = 3
     ref_boxes = random_boxes(32, seed=9)
     gen = torch.Generator().manual_seed(10)
     deltas = torch.randn(32, 4 * num_classes, generator=gen)
     deltas[0, 2] = 50.0  # far beyond the clamp: exp() must not overflow
-    decoded = decode_boxes(deltas, ref_boxes, weights)
+    decoded = decode_boxes(deltas, ref_boxes, weights=weights)
     assert decoded.shape == (32, 4 * num_classes)
     assert torch.isfinite(decoded).all()
     expected = BoxCoder(weights, bbox_xform_clip=MAX_LOG_SCALE).decode_single(deltas, ref_boxes)
@@ -175,7 +177,7 @@ def test_decode_class_specific_matches_torchvision(weights):
     for c in range(num_classes):
         torch.testing.assert_close(
             decoded[:, 4 * c : 4 * c + 4],
-            decode_boxes(deltas[:, 4 * c : 4 * c + 4], ref_boxes, weights),
+            decode_boxes(deltas[:, 4 * c : 4 * c + 4], ref_boxes, weights=weights),
         )
 
 
@@ -202,7 +204,7 @@ def test_decode_is_differentiable_in_deltas_and_boxes():
         0.1 * torch.randn(4, 8, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     ).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda d, r: decode_boxes(d, r, STAGE3_BOX_WEIGHTS), (deltas, ref_boxes)
+        lambda d, r: decode_boxes(d, r, weights=ClassifierConfig.box_weights), (deltas, ref_boxes)
     )
 
 
@@ -281,7 +283,7 @@ def test_nms_empty():
 def test_batched_nms_is_nms_per_label():
     boxes, scores = random_scored_boxes(150, seed=16)
     labels = torch.randint(0, 4, (150,), generator=torch.Generator().manual_seed(17))
-    keep = batched_nms(boxes, scores, labels, 0.5)
+    keep = batched_nms(boxes, scores, labels, iou_threshold=0.5)
     assert torch.equal(keep, torchvision.ops.batched_nms(boxes, scores, labels, 0.5))
     kept_per_label = []
     for label in labels.unique():

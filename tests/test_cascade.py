@@ -14,8 +14,15 @@ from mnc_teach.config import override, shapes_cpu
 from mnc_teach.engine.loop import make_optimizer
 from mnc_teach.structures import empty_target
 
-STAGE_123_KEYS = {"loss_rpn_obj", "loss_rpn_box", "loss_mask", "loss_cls", "loss_cls_box", "loss_box"}
-STAGE_45_KEYS = {"loss_mask_s4", "loss_cls_s5", "loss_cls_box_s5", "loss_box_s5"}
+STAGE_123_KEYS = {
+    "loss_rpn_obj",
+    "loss_rpn_box",
+    "loss_mask",
+    "loss_cls_mask",
+    "loss_cls_box",
+    "loss_box_reg",
+}
+STAGE_45_KEYS = {"loss_mask_s4", "loss_cls_mask_s5", "loss_cls_box_s5", "loss_box_reg_s5"}
 
 
 def small_config(num_stages: int = 5, **changes):
@@ -55,7 +62,9 @@ def test_training_losses_and_intermediate_shapes(num_stages: int) -> None:
     cfg = small_config(num_stages)
     model = build_mnc(cfg).train()
     image, target = square_scene()
-    detections, losses, inter = model([image, image.flip(-1)], [target, target], return_intermediates=True)
+    detections, losses, inter = model(
+        [image, image.flip(-1)], [target, target], return_intermediates=True
+    )
     expected = STAGE_123_KEYS | (STAGE_45_KEYS if num_stages == 5 else set())
     assert detections == [] and set(losses) == expected
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
@@ -69,7 +78,8 @@ def test_training_losses_and_intermediate_shapes(num_stages: int) -> None:
         assert stages.rois.shape == (r, 5) and r == sum(b.shape[0] for b in stages.boxes)
         assert stages.roi_features.shape == (r, channels, p, p)
         assert stages.mask_logits.shape == (r, m, m) and stages.mask_targets.shape == (r, m, m)
-        assert stages.cls_logits.shape == (r, k + 1) and stages.box_cls_logits.shape == (r, k + 1)
+        assert stages.mask_cls_logits.shape == (r, k + 1)
+        assert stages.box_cls_logits.shape == (r, k + 1)
         assert stages.box_deltas.shape == (r, 4 * (k + 1))
         # mask-level foreground is a subset of box-level foreground, with the same class
         fg = stages.mask_labels > 0
@@ -89,7 +99,8 @@ def test_inference_detections(inference_stages: int) -> None:
     for det, (h, w) in zip(detections, [(64, 64), (40, 50)], strict=True):
         d = det["boxes"].shape[0]
         assert 0 < d <= cfg.inference.detections_per_image
-        assert det["masks"].shape == (d, 1, h, w) and det["labels"].shape == det["scores"].shape == (d,)
+        assert det["masks"].shape == (d, 1, h, w)
+        assert det["labels"].shape == det["scores"].shape == (d,)
         assert det["labels"].min() >= 1 and det["labels"].max() <= cfg.num_classes
         assert det["masks"].min() >= 0 and det["masks"].max() <= 1
         assert (det["boxes"][:, 2] <= w).all() and (det["boxes"][:, 3] <= h).all()
@@ -113,7 +124,9 @@ def test_image_without_instances_trains() -> None:
     total.backward()
 
 
-def box_gradient(detach_boxes: bool, num_stages: int, box_grad_clip: float | None = None) -> torch.Tensor:
+def box_gradient(
+    detach_boxes: bool, num_stages: int, box_grad_clip: float | None = None
+) -> torch.Tensor:
     """Gradient of the stage-2+ losses with respect to the RPN's box deltas (it can only come
     through the proposal boxes: the RPN's own losses are left out)."""
     torch.manual_seed(0)
@@ -141,11 +154,40 @@ def test_box_gradient_clip_bounds_the_gradient_reaching_the_deltas() -> None:
 
 def test_refine_boxes_uses_best_foreground_class() -> None:
     boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
-    cls_logits = torch.tensor([[5.0, 0.0, 2.0]])  # background is highest; class 2 is the best foreground
+    # background is highest; class 2 is the best foreground
+    mask_cls_logits = torch.tensor([[5.0, 0.0, 2.0]])
     deltas = torch.zeros(1, 12)
     deltas[0, 8] = 1.0  # class 2: dx = 1 / 10 (weight 10) -> shift by 0.1 * width = 2 px
-    refined = refine_boxes(cls_logits, deltas, boxes, (64, 64), (10.0, 10.0, 5.0, 5.0))
+    refined = refine_boxes(
+        mask_cls_logits, deltas, boxes, image_size=(64, 64), weights=(10.0, 10.0, 5.0, 5.0)
+    )
     assert torch.allclose(refined, torch.tensor([[12.0, 10.0, 32.0, 30.0]]))
+
+
+def test_settings_come_from_the_config_and_drive_the_model() -> None:
+    """build_mnc copies the config into the model's settings; the model reads only those, so
+    changing them changes what it does (inference with 3 stages: no stage-4/5 outputs)."""
+    cfg = small_config(5)
+    model = build_mnc(cfg).eval()
+    assert model.num_stages == 5 and model.num_classes == cfg.num_classes
+    assert model.roi_sampling.batch_size == cfg.roi.batch_size
+    assert model.loss_settings.mask_target_threshold == cfg.mask.target_threshold
+    assert model.inference.detections_per_image == cfg.inference.detections_per_image
+    assert model.box_weights == cfg.classifier.box_weights
+    image, _ = square_scene()
+    model.inference = dataclasses.replace(model.inference, num_stages=3, detections_per_image=2)
+    with torch.no_grad():
+        (det,), _, inter = model([image], return_intermediates=True)
+    assert inter.stages_45 is None and inter.refined_boxes == []
+    assert det["scores"].shape[0] <= 2
+
+
+def test_state_dict_keys_keep_the_checkpoint_names() -> None:
+    """Old checkpoints load: the mask-level classifier is still ``classifier.cls_score``."""
+    keys = set(build_mnc(small_config()).state_dict())
+    assert {"classifier.cls_score.weight", "classifier.box_cls_score.weight"} <= keys
+    assert {"classifier.box_pred.weight", "mask_head.mask_logits.weight"} <= keys
+    assert {"rpn.head.objectness.weight", "rpn.head.deltas.weight"} <= keys
 
 
 def test_batch_images_pads_to_stride() -> None:

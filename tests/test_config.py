@@ -81,6 +81,7 @@ def test_override_unknown_key_is_an_error_naming_it(dotted):
 
 def test_shapes_anchor_sides_are_as_commented():
     rpn = shapes_cpu().rpn
-    anchors = generate_base_anchors(rpn.anchor_base_size, (1.0,), rpn.anchor_scales)  # square anchors
+    square = (1.0,)
+    anchors = generate_base_anchors(rpn.anchor_base_size, square, rpn.anchor_scales)
     sides = (anchors[:, 2] - anchors[:, 0]).tolist()
     assert sides == [16.0, 32.0, 64.0]  # "sides 16, 32, 64 px" in config.py

@@ -25,6 +25,15 @@ from mnc_teach.matching import (
 # --- match_boxes --------------------------------------------------------------------------
 
 
+RPN_THRESHOLDS = {"high_threshold": 0.7, "low_threshold": 0.3}
+WITH_LOW_QUALITY = {**RPN_THRESHOLDS, "allow_low_quality_matches": True}
+SMALL_BATCH = {"batch_size": 64, "positive_fraction": 0.25}
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def random_iou(num_gt: int, num_boxes: int, seed: int, quantised: bool) -> torch.Tensor:
     """A random IoU-like matrix whose every row has a positive maximum."""
     gen = torch.Generator().manual_seed(seed)
@@ -42,7 +51,9 @@ def test_match_boxes_equals_torchvision_matcher(seed, quantised, allow_low_quali
     iou = random_iou(5, 200, seed, quantised)
     for high, low in [(0.7, 0.3), (0.5, 0.5), (0.9, 0.1)]:
         expected = Matcher(high, low, allow_low_quality)(iou)
-        matches = match_boxes(iou, high, low, allow_low_quality)
+        matches = match_boxes(
+            iou, high_threshold=high, low_threshold=low, allow_low_quality_matches=allow_low_quality
+        )
         assert matches.dtype == torch.int64
         assert torch.equal(matches, expected)
 
@@ -54,7 +65,7 @@ def test_match_boxes_hand_computed():
             [0.8, 0.6, 0.0, 0.1, 0.2],
         ]
     )
-    assert match_boxes(iou, 0.7, 0.3).tolist() == [
+    assert match_boxes(iou, **RPN_THRESHOLDS).tolist() == [
         0,
         BETWEEN_THRESHOLDS,
         BELOW_LOW_THRESHOLD,
@@ -63,11 +74,11 @@ def test_match_boxes_hand_computed():
     ]
     # Both ground truths have their best box at column 0 (0.9 and 0.8): nothing new.
     assert (
-        match_boxes(iou, 0.7, 0.3, allow_low_quality_matches=True).tolist()
-        == match_boxes(iou, 0.7, 0.3).tolist()
+        match_boxes(iou, **WITH_LOW_QUALITY).tolist()
+        == match_boxes(iou, **RPN_THRESHOLDS).tolist()
     )
     low_fit = torch.tensor([[0.2, 0.25, 0.25, 0.0]])  # the object's best boxes are poor, and tied
-    assert match_boxes(low_fit, 0.7, 0.3, allow_low_quality_matches=True).tolist() == [-1, 0, 0, -1]
+    assert match_boxes(low_fit, **WITH_LOW_QUALITY).tolist() == [-1, 0, 0, -1]
 
 
 def test_low_quality_rule_skips_ground_truth_no_box_touches():
@@ -77,7 +88,7 @@ def test_low_quality_rule_skips_ground_truth_no_box_touches():
             [0.0, 0.0, 0.0, 0.0],  # ground truth 1: no box overlaps it at all
         ]
     )
-    ours = match_boxes(iou, 0.7, 0.3, allow_low_quality_matches=True)
+    ours = match_boxes(iou, **WITH_LOW_QUALITY)
     assert ours.tolist() == [0, BELOW_LOW_THRESHOLD, BELOW_LOW_THRESHOLD, BELOW_LOW_THRESHOLD]
     # torchvision matches every zero-IoU box instead (each to its argmax, ground truth 0 here).
     theirs = Matcher(0.7, 0.3, allow_low_quality_matches=True)(iou)
@@ -85,16 +96,17 @@ def test_low_quality_rule_skips_ground_truth_no_box_touches():
     # When every ground truth is touched, the two agree again.
     touched = iou.clone()
     touched[1, 2] = 0.05
-    assert torch.equal(match_boxes(touched, 0.7, 0.3, True), Matcher(0.7, 0.3, True)(touched))
+    theirs = Matcher(0.7, 0.3, allow_low_quality_matches=True)(touched)
+    assert torch.equal(match_boxes(touched, **WITH_LOW_QUALITY), theirs)
 
 
 def test_match_boxes_empty_inputs():
-    no_gt = match_boxes(torch.zeros(0, 7), 0.7, 0.3, allow_low_quality_matches=True)
+    no_gt = match_boxes(torch.zeros(0, 7), **WITH_LOW_QUALITY)
     assert no_gt.dtype == torch.int64 and no_gt.tolist() == [BELOW_LOW_THRESHOLD] * 7
-    no_boxes = match_boxes(torch.zeros(3, 0), 0.7, 0.3, allow_low_quality_matches=True)
+    no_boxes = match_boxes(torch.zeros(3, 0), **WITH_LOW_QUALITY)
     assert no_boxes.shape == (0,) and no_boxes.dtype == torch.int64
     with pytest.raises(ValueError, match="low_threshold"):
-        match_boxes(torch.zeros(1, 1), 0.3, 0.7)
+        match_boxes(torch.zeros(1, 1), high_threshold=0.3, low_threshold=0.7)
 
 
 # --- label_anchors ------------------------------------------------------------------------
@@ -184,7 +196,7 @@ def test_label_anchors_equals_torchvision_matcher_on_inside_anchors(seed):
 
 def make_labels(num_pos: int, num_neg: int, num_ignore: int, seed: int = 0) -> torch.Tensor:
     labels = torch.tensor([POSITIVE] * num_pos + [NEGATIVE] * num_neg + [IGNORE] * num_ignore)
-    return labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))]
+    return labels[torch.randperm(labels.numel(), generator=seeded(seed))]
 
 
 @pytest.mark.parametrize(
@@ -214,9 +226,9 @@ def test_sample_pos_neg_matches_torchvision(counts, expected):
 
 def test_sample_pos_neg_generator_is_reproducible():
     labels = make_labels(300, 3000, 100, seed=1)
-    first = sample_pos_neg(labels, 64, 0.25, generator=torch.Generator().manual_seed(7))
-    again = sample_pos_neg(labels, 64, 0.25, generator=torch.Generator().manual_seed(7))
-    other = sample_pos_neg(labels, 64, 0.25, generator=torch.Generator().manual_seed(8))
+    first = sample_pos_neg(labels, **SMALL_BATCH, generator=seeded(7))
+    again = sample_pos_neg(labels, **SMALL_BATCH, generator=seeded(7))
+    other = sample_pos_neg(labels, **SMALL_BATCH, generator=seeded(8))
     assert (first[0].numel(), first[1].numel()) == (16, 48)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not (torch.equal(first[0], other[0]) and torch.equal(first[1], other[1]))
@@ -224,18 +236,23 @@ def test_sample_pos_neg_generator_is_reproducible():
 
 # --- match_rois / sample_rois (stages 2-3) ----------------------------------------------------
 
-ROI_GT_BOXES = torch.tensor([[10.0, 10.0, 40.0, 50.0], [50.0, 20.0, 90.0, 60.0], [20.0, 60.0, 70.0, 95.0]])
+ROI_GT_BOXES = torch.tensor(
+    [[10.0, 10.0, 40.0, 50.0], [50.0, 20.0, 90.0, 60.0], [20.0, 60.0, 70.0, 95.0]]
+)
 ROI_GT_LABELS = torch.tensor([3, 1, 2])
 
 
 def random_proposals(num: int, seed: int) -> torch.Tensor:
     """Boxes scattered around the ground truth and the whole 100 x 100 image (all IoU ranges)."""
     gen = torch.Generator().manual_seed(seed)
-    near = ROI_GT_BOXES[torch.randint(0, 3, (num // 2,), generator=gen)] + 8 * torch.randn(num // 2, 4, generator=gen)
+    picked = ROI_GT_BOXES[torch.randint(0, 3, (num // 2,), generator=gen)]
+    near = picked + 8 * torch.randn(num // 2, 4, generator=gen)
     corner = 100 * torch.rand(num - num // 2, 2, generator=gen)
-    anywhere = torch.cat([corner, corner + 5 + 30 * torch.rand(num - num // 2, 2, generator=gen)], dim=1)
+    size = 5 + 30 * torch.rand(num - num // 2, 2, generator=gen)
+    anywhere = torch.cat([corner, corner + size], dim=1)
     boxes = torch.cat([near, anywhere])
-    return torch.cat([boxes[:, :2].minimum(boxes[:, 2:] - 2), boxes[:, 2:]], dim=1)  # x1 < x2, y1 < y2
+    # x1 < x2, y1 < y2
+    return torch.cat([boxes[:, :2].minimum(boxes[:, 2:] - 2), boxes[:, 2:]], dim=1)
 
 
 def test_match_rois_equals_brute_force():
@@ -244,7 +261,10 @@ def test_match_rois_equals_brute_force():
     iou = torchvision.ops.box_iou(ROI_GT_BOXES, boxes)  # (G, R)
     assert torch.allclose(sample.iou, iou.max(dim=0).values)
     assert torch.equal(sample.matched_gt, iou.argmax(dim=0))
-    expected_labels = [ROI_GT_LABELS[g].item() if v >= 0.5 else 0 for v, g in zip(*iou.max(dim=0), strict=True)]
+    best_iou, best_gt = iou.max(dim=0)
+    expected_labels = [
+        ROI_GT_LABELS[g].item() if v >= 0.5 else 0 for v, g in zip(best_iou, best_gt, strict=True)
+    ]
     assert sample.labels.tolist() == expected_labels
     assert 0 < sum(v > 0 for v in expected_labels) < 80
     assert sample.boxes is boxes
@@ -268,8 +288,9 @@ def expected_counts(iou, labels, batch_size, fg_fraction, fg_iou, bg_low, hard_f
 @pytest.mark.parametrize("num_proposals, seed", [(300, 0), (300, 1), (40, 2), (12, 3)])
 def test_sample_rois_pools_counts_and_order(num_proposals, seed):
     proposals = random_proposals(num_proposals, seed)
-    sample = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(seed))
-    candidates = match_rois(torch.cat([proposals, ROI_GT_BOXES]), ROI_GT_BOXES, ROI_GT_LABELS, 0.5)
+    sample = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=seeded(seed))
+    all_boxes = torch.cat([proposals, ROI_GT_BOXES])
+    candidates = match_rois(all_boxes, ROI_GT_BOXES, ROI_GT_LABELS, fg_iou=0.5)
     fg, hard, easy = expected_counts(candidates.iou, candidates.labels, 64, 0.3, 0.5, 0.1, 0.85)
     assert sample.boxes.shape[0] == fg + hard + easy <= 64
     # foreground first, then hard background [0.1, 0.5), then easy background [0, 0.1)
@@ -277,10 +298,12 @@ def test_sample_rois_pools_counts_and_order(num_proposals, seed):
     assert (sample.labels[fg:] == 0).all()
     assert ((sample.iou[fg : fg + hard] >= 0.1) & (sample.iou[fg : fg + hard] < 0.5)).all()
     assert (sample.iou[fg + hard :] < 0.1).all()
-    assert torch.unique(sample.boxes, dim=0).shape[0] == sample.boxes.shape[0]  # without replacement
+    # without replacement
+    assert torch.unique(sample.boxes, dim=0).shape[0] == sample.boxes.shape[0]
     # every RoI carries its own match
-    rematched = match_rois(sample.boxes, ROI_GT_BOXES, ROI_GT_LABELS, 0.5)
-    assert torch.equal(rematched.matched_gt, sample.matched_gt) and torch.equal(rematched.labels, sample.labels)
+    rematched = match_rois(sample.boxes, ROI_GT_BOXES, ROI_GT_LABELS, fg_iou=0.5)
+    assert torch.equal(rematched.matched_gt, sample.matched_gt)
+    assert torch.equal(rematched.labels, sample.labels)
     if num_proposals == 300:
         assert (fg, hard + easy) == (19, 45) and hard == round(45 * 0.85)
 
@@ -288,23 +311,28 @@ def test_sample_rois_pools_counts_and_order(num_proposals, seed):
 def test_sample_rois_appends_ground_truth_and_passes_gradients_to_proposals():
     only_gt = sample_rois(torch.zeros(0, 4), ROI_GT_BOXES, ROI_GT_LABELS)
     assert sorted(only_gt.labels.tolist()) == [1, 2, 3] and (only_gt.iou == 1).all()
-    assert sample_rois(torch.zeros(0, 4), ROI_GT_BOXES, ROI_GT_LABELS, append_gt_boxes=False).boxes.shape == (0, 4)
+    without_gt = sample_rois(torch.zeros(0, 4), ROI_GT_BOXES, ROI_GT_LABELS, append_gt_boxes=False)
+    assert without_gt.boxes.shape == (0, 4)
 
     proposals = random_proposals(100, seed=4).requires_grad_(True)
-    sample = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(0))
+    sample = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=seeded(0))
     sample.boxes.sum().backward()
     rows = proposals.grad.sum(dim=1)  # 4 for each sampled proposal, 0 otherwise
     assert set(rows.tolist()) <= {0.0, 4.0}
-    from_proposals = sum(any(torch.equal(b, p) for p in proposals.detach()) for b in sample.boxes.detach())
+    from_proposals = sum(
+        any(torch.equal(b, p) for p in proposals.detach()) for b in sample.boxes.detach()
+    )
     assert int((rows == 4).sum()) == from_proposals > 0
 
 
 def test_sample_rois_without_ground_truth_and_reproducibility():
     proposals = random_proposals(100, seed=5)
-    no_gt = sample_rois(proposals, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), generator=torch.Generator().manual_seed(0))
+    no_gt = sample_rois(
+        proposals, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), generator=seeded(0)
+    )
     assert no_gt.boxes.shape[0] == 64 and (no_gt.labels == 0).all()
-    first = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(1))
-    again = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(1))
-    other = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=torch.Generator().manual_seed(2))
+    first = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=seeded(1))
+    again = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=seeded(1))
+    other = sample_rois(proposals, ROI_GT_BOXES, ROI_GT_LABELS, generator=seeded(2))
     assert torch.equal(first.boxes, again.boxes)
     assert not torch.equal(first.boxes, other.boxes)

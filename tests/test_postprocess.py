@@ -1,5 +1,6 @@
 """Tests for mnc_teach/postprocess.py: mask pasting against torchvision's paste_masks_in_image,
-per-class NMS against torchvision.ops.batched_nms, and mask voting against hand-computed averages."""
+per-class NMS against torchvision.ops.batched_nms, and mask voting against hand-computed
+averages."""
 
 from __future__ import annotations
 
@@ -8,22 +9,32 @@ import torch
 import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+import mnc_teach.postprocess as postprocess_module
 from mnc_teach.postprocess import paste_masks, postprocess_detections
 
-INCLUSIVE = torch.tensor([0.0, 0.0, 1.0, 1.0])  # continuous -> inclusive integer corners (torchvision's paste)
+# continuous -> inclusive integer corners (torchvision's paste)
+INCLUSIVE = torch.tensor([0.0, 0.0, 1.0, 1.0])
 
 
 # --- paste_masks ------------------------------------------------------------------------------
 
 
 def test_paste_equals_torchvision_without_padding_for_integer_boxes():
-    """torchvision pastes into inclusive integer boxes, resizing with bilinear align_corners=False;
-    with ``padding=0`` and the box written inclusively that is exactly our resampling.
+    """torchvision pastes into inclusive integer boxes, resizing with bilinear
+    align_corners=False; with ``padding=0`` and the box written inclusively that is exactly our
+    resampling.
     (Its default ``padding=1`` adds a zero border to the mask and grows the box by one cell,
     so edges fade out there: a different, not a wrong, convention.)"""
     gen = torch.Generator().manual_seed(0)
     masks = torch.rand(4, 7, 7, generator=gen)
-    boxes = torch.tensor([[3.0, 4.0, 20.0, 15.0], [0.0, 0.0, 32.0, 30.0], [10.0, 2.0, 13.0, 29.0], [25.0, 20.0, 40.0, 36.0]])
+    boxes = torch.tensor(
+        [
+            [3.0, 4.0, 20.0, 15.0],
+            [0.0, 0.0, 32.0, 30.0],
+            [10.0, 2.0, 13.0, 29.0],
+            [25.0, 20.0, 40.0, 36.0],
+        ]
+    )
     ours = paste_masks(masks, boxes, (0, 0, 32, 30))  # the last box sticks out of the image
     expected = paste_masks_in_image(masks[:, None], boxes - INCLUSIVE, (30, 32), padding=0)[:, 0]
     assert ours.shape == (4, 30, 32)
@@ -65,7 +76,8 @@ def random_candidates(seed: int, num: int = 14, num_classes: int = 3, size=(48, 
     """Candidates in clusters (so NMS has work to do), masks and softmax class probabilities."""
     gen = torch.Generator().manual_seed(seed)
     height, width = size
-    centres = torch.tensor([[16.0, 14.0], [40.0, 30.0], [50.0, 12.0]])[torch.randint(0, 3, (num,), generator=gen)]
+    clusters = torch.tensor([[16.0, 14.0], [40.0, 30.0], [50.0, 12.0]])
+    centres = clusters[torch.randint(0, 3, (num,), generator=gen)]
     centres = centres + 3 * torch.randn(num, 2, generator=gen)
     half = 6 + 6 * torch.rand(num, 2, generator=gen)
     boxes = torch.cat([centres - half, centres + half], dim=1).round()
@@ -78,7 +90,12 @@ def random_candidates(seed: int, num: int = 14, num_classes: int = 3, size=(48, 
 def reference_nms(boxes, class_probs, nms_iou, cap, score_threshold=0.0):
     """(candidate, class, score) of the kept pairs, by torchvision.ops.batched_nms."""
     num, num_fg = class_probs.shape[0], class_probs.shape[1] - 1
-    pairs = [(q, k) for q in range(num) for k in range(1, num_fg + 1) if class_probs[q, k] >= score_threshold]
+    pairs = [
+        (q, k)
+        for q in range(num)
+        for k in range(1, num_fg + 1)
+        if class_probs[q, k] >= score_threshold
+    ]
     candidate = torch.tensor([q for q, _ in pairs], dtype=torch.int64)
     label = torch.tensor([k for _, k in pairs], dtype=torch.int64)
     score = class_probs[candidate, label]
@@ -89,7 +106,15 @@ def reference_nms(boxes, class_probs, nms_iou, cap, score_threshold=0.0):
 @pytest.mark.parametrize("seed", range(3))
 def test_without_voting_equals_batched_nms_and_own_masks(seed):
     boxes, masks, class_probs = random_candidates(seed)
-    out = postprocess_detections(boxes, masks, class_probs, (48, 64), nms_iou=0.3, detections_per_image=100, mask_voting=False)
+    out = postprocess_detections(
+        boxes,
+        masks,
+        class_probs,
+        image_size=(48, 64),
+        nms_iou=0.3,
+        detections_per_image=100,
+        mask_voting=False,
+    )
     candidate, label, score = reference_nms(boxes, class_probs, 0.3, 100)
     assert out["labels"].dtype == torch.int64
     assert torch.equal(out["labels"], label) and torch.equal(out["scores"], score)
@@ -103,12 +128,15 @@ def test_without_voting_equals_batched_nms_and_own_masks(seed):
 
 def test_detections_per_image_and_score_threshold():
     boxes, masks, class_probs = random_candidates(7, num=20)
-    full = postprocess_detections(boxes, masks, class_probs, (48, 64), detections_per_image=100)
-    capped = postprocess_detections(boxes, masks, class_probs, (48, 64), detections_per_image=5)
+    candidates = (boxes, masks, class_probs)
+    full = postprocess_detections(*candidates, image_size=(48, 64), detections_per_image=100)
+    capped = postprocess_detections(*candidates, image_size=(48, 64), detections_per_image=5)
     assert full["scores"].numel() > 5 and capped["scores"].numel() == 5
     for key in ("boxes", "labels", "scores", "masks"):
         assert torch.allclose(capped[key].float(), full[key][:5].float())  # the 5 best
-    thresholded = postprocess_detections(boxes, masks, class_probs, (48, 64), score_threshold=0.3, mask_voting=False)
+    thresholded = postprocess_detections(
+        *candidates, image_size=(48, 64), score_threshold=0.3, mask_voting=False
+    )
     _, label, score = reference_nms(boxes, class_probs, 0.3, 100, score_threshold=0.3)
     assert torch.equal(thresholded["labels"], label) and torch.equal(thresholded["scores"], score)
     assert (thresholded["scores"] >= 0.3).all()
@@ -128,13 +156,22 @@ def test_mask_voting_hand_computed():
     boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0], [6.0, 4.0, 22.0, 20.0], [28.0, 10.0, 38.0, 30.0]])
     masks = torch.stack([torch.full((4, 4), 0.3), torch.full((4, 4), 0.9), torch.full((4, 4), 0.6)])
     class_probs = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.35, 0.6, 0.05]])
-    out = postprocess_detections(boxes, masks, class_probs, (height, width), nms_iou=0.3, vote_iou=0.5, mask_threshold=0.4)
+    out = postprocess_detections(
+        boxes,
+        masks,
+        class_probs,
+        image_size=(height, width),
+        nms_iou=0.3,
+        vote_iou=0.5,
+        mask_threshold=0.4,
+    )
     assert out["labels"].tolist() == [1, 1, 2, 2]  # A-1 (0.8), C-1 (0.6), B-2 (0.5), C-2 (0.05)
     assert torch.allclose(out["scores"], torch.tensor([0.8, 0.6, 0.5, 0.05]))
     in_a, in_b, in_c = (inside(b, height, width) for b in boxes.tolist())
 
-    a1 = (0.8 * 0.3 * in_a + 0.3 * 0.9 * in_b) / (0.8 + 0.3)  # voters A, B with their class-1 scores
-    b2 = (0.1 * 0.3 * in_a + 0.5 * 0.9 * in_b) / (0.1 + 0.5)  # voters A, B with their class-2 scores
+    # voters A, B with their class-1 scores, then with their class-2 scores
+    a1 = (0.8 * 0.3 * in_a + 0.3 * 0.9 * in_b) / (0.8 + 0.3)
+    b2 = (0.1 * 0.3 * in_a + 0.5 * 0.9 * in_b) / (0.1 + 0.5)
     expected_masks = [a1, 0.6 * in_c, b2, 0.6 * in_c]  # C votes alone: its own mask
     for d, expected in enumerate(expected_masks):
         assert torch.allclose(out["masks"][d, 0], expected, atol=1e-6), d
@@ -151,9 +188,10 @@ def test_mask_voting_weighted_average_of_pasted_masks():
     """Random masks: each voted mask is the score-weighted mean of the voters' pasted masks
     (torchvision's paste as reference), voters = candidates with box IoU >= 0.5."""
     boxes, masks, class_probs = random_candidates(3, num=10)
-    out = postprocess_detections(boxes, masks, class_probs, (48, 64), vote_iou=0.5)
+    out = postprocess_detections(boxes, masks, class_probs, image_size=(48, 64), vote_iou=0.5)
     candidate, label, _ = reference_nms(boxes, class_probs, 0.3, 100)
-    pasted = paste_masks_in_image(masks[:, None], boxes - INCLUSIVE, (48, 64), padding=0)[:, 0]  # (Q, H, W)
+    pasted = paste_masks_in_image(masks[:, None], boxes - INCLUSIVE, (48, 64), padding=0)
+    pasted = pasted[:, 0]  # (Q, 1, H, W) -> (Q, H, W)
     iou = torchvision.ops.box_iou(boxes[candidate], boxes)
     num_voted = 0
     for d in range(len(candidate)):
@@ -163,7 +201,8 @@ def test_mask_voting_weighted_average_of_pasted_masks():
         num_voted += int((iou[d] >= 0.5).sum() > 1)
         binary = expected >= 0.4
         if binary.any():
-            assert torch.equal(out["boxes"][d], torchvision.ops.masks_to_boxes(binary[None])[0] + INCLUSIVE)
+            tight_box = torchvision.ops.masks_to_boxes(binary[None])[0] + INCLUSIVE
+            assert torch.equal(out["boxes"][d], tight_box)
     assert num_voted > 0
 
 
@@ -172,16 +211,20 @@ def test_zero_area_candidate_votes_for_itself():
     boxes = torch.tensor([[40.0, 5.0, 40.0, 20.0], [2.0, 2.0, 10.0, 10.0]])
     masks = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
     class_probs = torch.tensor([[0.1, 0.9], [0.5, 0.5]])
-    out = postprocess_detections(boxes, masks, class_probs, (32, 40))
+    out = postprocess_detections(boxes, masks, class_probs, image_size=(32, 40))
     assert out["scores"].tolist() == pytest.approx([0.9, 0.5])
-    assert torch.equal(out["boxes"][0], boxes[0]) and out["masks"][0].sum() == 0  # nothing to paste
+    # nothing to paste
+    assert torch.equal(out["boxes"][0], boxes[0]) and out["masks"][0].sum() == 0
     own = paste_masks(masks[1:], boxes[1:], (0, 0, 40, 32))[0]
     assert torch.allclose(out["masks"][1, 0], own, atol=1e-6)
 
 
 def test_no_candidates_gives_empty_outputs():
-    out = postprocess_detections(torch.zeros(0, 4), torch.zeros(0, 7, 7), torch.zeros(0, 4), (30, 40))
-    assert out["boxes"].shape == (0, 4) and out["labels"].shape == (0,) and out["scores"].shape == (0,)
+    out = postprocess_detections(
+        torch.zeros(0, 4), torch.zeros(0, 7, 7), torch.zeros(0, 4), image_size=(30, 40)
+    )
+    assert out["boxes"].shape == (0, 4)
+    assert out["labels"].shape == (0,) and out["scores"].shape == (0,)
     assert out["masks"].shape == (0, 1, 30, 40)
     assert out["labels"].dtype == torch.int64
 
@@ -190,12 +233,10 @@ def test_no_candidates_gives_empty_outputs():
 def test_large_image_path_equals_small_image_path(voting, monkeypatch):
     """Above MAX_PASTED_ELEMENTS the masks are pasted one detection at a time, over the voters'
     region; the result must not depend on which path ran."""
-    import mnc_teach.postprocess as postprocess
-
-    boxes, masks, class_probs = random_candidates(5)
-    small = postprocess_detections(boxes, masks, class_probs, (48, 64), mask_voting=voting)
-    monkeypatch.setattr(postprocess, "MAX_PASTED_ELEMENTS", 0)
-    large = postprocess_detections(boxes, masks, class_probs, (48, 64), mask_voting=voting)
+    candidates = random_candidates(5)
+    small = postprocess_detections(*candidates, image_size=(48, 64), mask_voting=voting)
+    monkeypatch.setattr(postprocess_module, "MAX_PASTED_ELEMENTS", 0)
+    large = postprocess_detections(*candidates, image_size=(48, 64), mask_voting=voting)
     assert large["masks"].shape[0] > 0
     for key in ("boxes", "labels", "scores", "masks"):
         assert torch.allclose(small[key].float(), large[key].float(), atol=1e-5), key

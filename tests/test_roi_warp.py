@@ -1,53 +1,49 @@
-"""roi_warp against torchvision.ops.roi_align, hand-computed values, and gradcheck on features and boxes."""
+"""roi_warp against torchvision.ops.roi_align, hand-computed values, and gradcheck on features
+and boxes; the exercise checker and the drawings of notebook 03."""
 
 from __future__ import annotations
 
 import re
 
-import matplotlib.pyplot as plt  # headless: tests/conftest.py selects the Agg backend
 import pytest
 import torch
 import torchvision
 from torch.autograd import gradcheck
 
-from mnc_teach.course.checks import check_roi_warp
+from mnc_teach.config import RoIConfig
 from mnc_teach.roi_warp import (
-    CODE_WARP_POOL,
-    PAPER_OUTPUT_SIZE,
     VGG16_SPATIAL_SCALE,
     RoIWarpPool,
     roi_warp,
     roi_warp_pool,
     sample_positions,
 )
-from mnc_teach.viz.common import count_artists
-from mnc_teach.viz.roi_warp import (
-    GID_CELL_VALUE,
-    GID_PATH_BOX,
-    GID_ROI,
-    GID_SAMPLE,
-    draw_box_path,
-    draw_roi_samples,
-    draw_values,
-)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """These tests make many calls on tiny tensors (gradcheck: hundreds); waking a CPU thread pool for
-    each (max_pool2d) costs milliseconds on a loaded 2-core machine, so they run single-threaded."""
+    """These tests make many calls on tiny tensors (gradcheck: hundreds); waking a CPU thread
+    pool for each (max_pool2d) costs milliseconds on a loaded 2-core machine, so they run
+    single-threaded."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-def random_rois(num: int, num_images: int, image_size: tuple[int, int], gen: torch.Generator,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """RoIs [num, 5] with non-integer corners from 50 % outside the image on each side; some fully outside."""
+def random_rois(
+    num: int,
+    num_images: int,
+    image_size: tuple[int, int],
+    gen: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """RoIs [num, 5] with non-integer corners from 50 % outside the image on each side; some
+    fully outside."""
     height, width = image_size
     span = torch.tensor([width, height], dtype=dtype)
-    top_left = (torch.rand(num, 2, generator=gen, dtype=dtype) * 2.0 - 0.5) * span  # (num, 2) x1, y1
+    # (num, 2) x1, y1
+    top_left = (torch.rand(num, 2, generator=gen, dtype=dtype) * 2.0 - 0.5) * span
     sides = (0.05 + torch.rand(num, 2, generator=gen, dtype=dtype)) * span * 0.6  # (num, 2)
     batch = torch.randint(0, num_images, (num, 1), generator=gen).to(dtype)
     return torch.cat([batch, top_left, top_left + sides], dim=1)  # (num, 5)
@@ -57,45 +53,52 @@ def _roi_align(features, rois, size, scale):
     return torchvision.ops.roi_align(features, rois, size, scale, sampling_ratio=1, aligned=True)
 
 
-# Hand-checkable 4 x 4 map: f[i, j] = 4 i + j + 1 (rows i, columns j), so interior bilinear samples
-# of this linear map are exact: f(x, y) = 4 y + x + 1 at feature coordinates (x, y).
+# Hand-checkable 4 x 4 map: f[i, j] = 4 i + j + 1 (rows i, columns j), so interior bilinear
+# samples of this linear map are exact: f(x, y) = 4 y + x + 1 at feature coordinates (x, y).
 GRID_4X4 = (torch.arange(16, dtype=torch.float32) + 1).reshape(1, 1, 4, 4)
 
 
 def test_hand_checked_4x4_values() -> None:
-    # Box (0, 0, 4, 4) at scale 1, 2 x 2 cells of 2 px: centres at pixels 1 and 3, feature coords 0.5 and 2.5.
-    # f(0.5, 0.5) = 2 + 0.5 + 1 = 3.5; f(2.5, 0.5) = 2 + 2.5 + 1 = 5.5; f(0.5, 2.5) = 10 + 0.5 + 1 = 11.5; 13.5.
-    whole = roi_warp(GRID_4X4, torch.tensor([[0.0, 0, 0, 4, 4]]), 2, 1.0)
+    # Box (0, 0, 4, 4) at scale 1, 2 x 2 cells of 2 px: centres at pixels 1 and 3, feature
+    # coords 0.5 and 2.5. f(0.5, 0.5) = 2 + 0.5 + 1 = 3.5; f(2.5, 0.5) = 2 + 2.5 + 1 = 5.5;
+    # f(0.5, 2.5) = 10 + 0.5 + 1 = 11.5; 13.5.
+    box = torch.tensor([[0.0, 0, 0, 4, 4]])
+    whole = roi_warp(GRID_4X4, box, output_size=2, spatial_scale=1.0)
     assert torch.allclose(whole[0, 0], torch.tensor([[3.5, 5.5], [11.5, 13.5]]))
     # 1 x 1 output = one sample at the box centre, minus 0.5:
-    rois = torch.tensor([
-        [0.0, 1, 1, 4, 4],  # centre 2.5 -> (2, 2): f = 8 + 2 + 1 = 11
-        [0.0, 2, 2, 5, 5],  # centre 3.5 -> (3, 3): last cell exactly, f[3, 3] = 16
-        [0.0, 3, 3, 6, 6],  # centre 4.5 -> (4, 4): past the last centre but <= w: clamps to f[3, 3] = 16
-        [0.0, 4, 4, 7, 7],  # centre 5.5 -> (5, 5) > w = 4: zero
-        [0.0, -1, -1, 1, 1],  # centre 0 -> (-0.5, -0.5): in (-1, 0], moved to 0: f[0, 0] = 1
-        [0.0, -2, -2, 0, 0],  # centre -1 -> (-1.5, -1.5) < -1: zero
-        [0.0, 0, 0.5, 2, 2.5],  # centre (1, 1.5) -> (0.5, 1): f = 4 + 0.5 + 1 = 5.5
-    ])  # fmt: skip
+    rois = torch.tensor(
+        [
+            [0.0, 1, 1, 4, 4],  # centre 2.5 -> (2, 2): f = 8 + 2 + 1 = 11
+            [0.0, 2, 2, 5, 5],  # centre 3.5 -> (3, 3): last cell exactly, f[3, 3] = 16
+            [0.0, 3, 3, 6, 6],  # centre 4.5 -> (4, 4): past the last centre, <= w: f[3, 3] = 16
+            [0.0, 4, 4, 7, 7],  # centre 5.5 -> (5, 5) > w = 4: zero
+            [0.0, -1, -1, 1, 1],  # centre 0 -> (-0.5, -0.5): in (-1, 0], moved to 0: f[0, 0] = 1
+            [0.0, -2, -2, 0, 0],  # centre -1 -> (-1.5, -1.5) < -1: zero
+            [0.0, 0, 0.5, 2, 2.5],  # centre (1, 1.5) -> (0.5, 1): f = 4 + 0.5 + 1 = 5.5
+        ]
+    )
     expected = torch.tensor([11.0, 16.0, 16.0, 0.0, 1.0, 0.0, 5.5])
-    assert torch.allclose(roi_warp(GRID_4X4, rois, 1, 1.0).flatten(), expected)
+    centres = roi_warp(GRID_4X4, rois, output_size=1, spatial_scale=1.0)
+    assert torch.allclose(centres.flatten(), expected)
     # Spatial scale: the same box in a 4x larger image at scale 1/4 gives the same numbers.
-    assert torch.allclose(roi_warp(GRID_4X4, torch.tensor([[0.0, 0, 0, 16, 16]]), 2, 0.25), whole)
+    large = torch.tensor([[0.0, 0, 0, 16, 16]])
+    assert torch.allclose(roi_warp(GRID_4X4, large, output_size=2, spatial_scale=0.25), whole)
 
 
 def test_hand_checked_box_gradient() -> None:
     # Interior samples of f = 4 y + x + 1 at scale 1, box (0, 0, 4, 4), 2 x 2 output, loss = sum.
-    # x_j = x1 + (j + 0.5) (x2 - x1) / 2 - 0.5, so dx_j/dx1 = 1 - (j + 0.5)/2 and dx_j/dx2 = (j + 0.5)/2.
-    # d loss/d x1 = sum over i, j of df/dx * dx_j/dx1 = 2 rows * (0.75 + 0.25) * 1 = 2; the same for x2;
-    # in y, df/dy = 4: d loss/d y1 = d loss/d y2 = 2 columns * (0.75 + 0.25) * 4 = 8.
+    # x_j = x1 + (j + 0.5) (x2 - x1) / 2 - 0.5, so dx_j/dx1 = 1 - (j + 0.5)/2 and
+    # dx_j/dx2 = (j + 0.5)/2. d loss/d x1 = sum over i, j of df/dx * dx_j/dx1
+    # = 2 rows * (0.75 + 0.25) * 1 = 2; the same for x2; in y, df/dy = 4:
+    # d loss/d y1 = d loss/d y2 = 2 columns * (0.75 + 0.25) * 4 = 8.
     rois = torch.tensor([[0.0, 0, 0, 4, 4]], requires_grad=True)
-    roi_warp(GRID_4X4, rois, 2, 1.0).sum().backward()
+    roi_warp(GRID_4X4, rois, output_size=2, spatial_scale=1.0).sum().backward()
     assert torch.allclose(rois.grad, torch.tensor([[0.0, 2.0, 8.0, 2.0, 8.0]]))
 
 
 def test_sample_positions_formula() -> None:
     start, end = torch.tensor([16.0, 0.0]), torch.tensor([80.0, 8.0])
-    positions = sample_positions(start, end, 4, 1 / 16)
+    positions = sample_positions(start, end, num_cells=4, spatial_scale=1 / 16)
     # RoI 0: x1*s = 1, width 4 cells, 1 cell per bin: centres 1.5, 2.5, 3.5, 4.5, minus 0.5.
     assert torch.allclose(positions[0], torch.tensor([1.0, 2.0, 3.0, 4.0]))
     # RoI 1: 0.5 cell wide: bins of 0.125 cells, centres 0.0625 + 0.125 j, minus 0.5.
@@ -109,12 +112,14 @@ def test_equals_torchvision_roi_align(dtype, atol, output_size, scale) -> None:
     features = torch.randn(3, 4, 9, 11, generator=gen, dtype=dtype).requires_grad_(True)
     image_size = (round(9 / scale), round(11 / scale))
     rois = random_rois(300, 3, image_size, gen, dtype)
-    assert ((rois[:, 3] < 0) | (rois[:, 1] > image_size[1])).any(), "the random boxes include ones fully outside"
+    fully_outside = (rois[:, 3] < 0) | (rois[:, 1] > image_size[1])
+    assert fully_outside.any(), "the random boxes include ones fully outside"
 
-    ours = roi_warp(features, rois, output_size, scale)
+    ours = roi_warp(features, rois, output_size=output_size, spatial_scale=scale)
     reference = _roi_align(features, rois, output_size, scale)
     assert ours.shape == reference.shape and ours.dtype == dtype
-    assert torch.allclose(ours, reference, rtol=0, atol=atol * max(1.0, reference.abs().max().item()))
+    tolerance = atol * max(1.0, reference.abs().max().item())
+    assert torch.allclose(ours, reference, rtol=0, atol=tolerance)
 
     upstream = torch.randn(ours.shape, generator=gen, dtype=dtype)
     (grad_ours,) = torch.autograd.grad(ours, features, upstream)
@@ -126,10 +131,14 @@ def test_low_precision_features_and_mixed_dtypes() -> None:
     gen = torch.Generator().manual_seed(5)
     features = torch.randn(1, 4, 9, 11, generator=gen)
     rois = random_rois(30, 1, (144, 176), gen)
-    reference = roi_warp_pool(features, rois, 7, 1 / 16)
-    half = roi_warp_pool(features.bfloat16(), rois, 7, 1 / 16)  # boxes stay float32: positions keep their precision
-    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), reference, atol=0.05, rtol=0.02)
-    assert torch.allclose(roi_warp_pool(features, rois.double(), 7, 1 / 16), reference, atol=1e-5)
+    settings = {"output_size": 7, "spatial_scale": 1 / 16}
+    reference = roi_warp_pool(features, rois, **settings)
+    # boxes stay float32: positions keep their precision
+    half = roi_warp_pool(features.bfloat16(), rois, **settings)
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), reference, atol=0.05, rtol=0.02)
+    double_rois = roi_warp_pool(features, rois.double(), **settings)
+    assert torch.allclose(double_rois, reference, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -138,12 +147,14 @@ def test_cuda_matches_roi_align_and_cpu() -> None:
     features, rois = torch.randn(2, 8, 12, 16, generator=gen), random_rois(100, 2, (192, 256), gen)
     features_cuda = features.cuda().requires_grad_(True)
     rois_cuda = rois.cuda().requires_grad_(True)
-    ours = roi_warp(features_cuda, rois_cuda, 7, 1 / 16)
-    assert torch.allclose(ours, _roi_align(features_cuda, rois_cuda.detach(), 7, 1 / 16), atol=1e-5)
-    assert torch.allclose(ours.cpu(), roi_warp(features, rois, 7, 1 / 16), atol=1e-5)
-    roi_warp_pool(features_cuda, rois_cuda, 7, 1 / 16).sum().backward()
+    settings = {"output_size": 7, "spatial_scale": 1 / 16}
+    ours = roi_warp(features_cuda, rois_cuda, **settings)
+    reference = _roi_align(features_cuda, rois_cuda.detach(), 7, 1 / 16)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(ours.cpu(), roi_warp(features, rois, **settings), atol=1e-5)
+    roi_warp_pool(features_cuda, rois_cuda, **settings).sum().backward()
     cpu_rois = rois.clone().requires_grad_(True)
-    roi_warp_pool(features, cpu_rois, 7, 1 / 16).sum().backward()
+    roi_warp_pool(features, cpu_rois, **settings).sum().backward()
     assert torch.allclose(rois_cuda.grad.cpu(), cpu_rois.grad, rtol=1e-3, atol=1e-3)
 
 
@@ -151,29 +162,37 @@ def test_pool_2_is_max_over_2x2_warped_cells_and_pool_1_is_the_warp() -> None:
     gen = torch.Generator().manual_seed(1)
     features = torch.randn(2, 3, 8, 10, generator=gen)
     rois = random_rois(20, 2, (128, 160), gen)
-    fine = _roi_align(features, rois, 2 * PAPER_OUTPUT_SIZE, VGG16_SPATIAL_SCALE)  # (R, C, 28, 28)
-    expected = fine.reshape(20, 3, PAPER_OUTPUT_SIZE, 2, PAPER_OUTPUT_SIZE, 2).amax(dim=(3, 5))
-    assert torch.allclose(roi_warp_pool(features, rois, PAPER_OUTPUT_SIZE, VGG16_SPATIAL_SCALE), expected, atol=1e-5)
-    assert CODE_WARP_POOL == 2  # the default above is the official code's 28 -> 14
+    size = RoIConfig.output_size  # 14, the paper's
+    fine = _roi_align(features, rois, 2 * size, VGG16_SPATIAL_SCALE)  # (R, C, 28, 28)
+    expected = fine.reshape(20, 3, size, 2, size, 2).amax(dim=(3, 5))
+    ours = roi_warp_pool(features, rois, output_size=size, spatial_scale=VGG16_SPATIAL_SCALE)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert RoIConfig.warp_pool == 2  # the default above is the official code's 28 -> 14
     coarse = _roi_align(features, rois, (3, 4), 1 / 16)
-    assert torch.allclose(roi_warp_pool(features, rois, (3, 4), 1 / 16, pool=1), coarse, atol=1e-5)
+    settings = {"output_size": (3, 4), "spatial_scale": 1 / 16}
+    assert torch.allclose(roi_warp_pool(features, rois, **settings, pool=1), coarse, atol=1e-5)
     # pool = 3 also works: a 9 x 12 warp, 3 x 3 max pooling.
-    assert roi_warp_pool(features, rois, (3, 4), 1 / 16, pool=3).shape == (20, 3, 3, 4)
+    assert roi_warp_pool(features, rois, **settings, pool=3).shape == (20, 3, 3, 4)
 
 
 def _gradcheck_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float64 features [2, 2, 5, 6] and 6 RoIs at scale 1/4 (image 20 x 24), some partly outside."""
+    """float64 features [2, 2, 5, 6] and 6 RoIs at scale 1/4 (image 20 x 24), some partly
+    outside."""
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(2, 2, 5, 6, generator=gen, dtype=torch.float64)
-    coords = torch.tensor([
-        [1.3, 2.7, 13.1, 17.9],  # inside
-        [-3.3, -2.1, 9.7, 6.3],  # over the top-left border
-        [14.2, 9.6, 27.7, 23.3],  # over the bottom-right border
-        [5.6, 4.4, 7.9, 6.2],  # smaller than a feature cell
-        [-6.1, 8.3, 30.2, 11.9],  # wider than the map
-        [2.2, 0.6, 21.1, 19.4],  # most of the map
-    ], dtype=torch.float64)  # fmt: skip
-    coords = coords + 0.1 * torch.rand(coords.shape, generator=gen, dtype=torch.float64)  # away from kinks
+    coords = torch.tensor(
+        [
+            [1.3, 2.7, 13.1, 17.9],  # inside
+            [-3.3, -2.1, 9.7, 6.3],  # over the top-left border
+            [14.2, 9.6, 27.7, 23.3],  # over the bottom-right border
+            [5.6, 4.4, 7.9, 6.2],  # smaller than a feature cell
+            [-6.1, 8.3, 30.2, 11.9],  # wider than the map
+            [2.2, 0.6, 21.1, 19.4],  # most of the map
+        ],
+        dtype=torch.float64,
+    )
+    # away from kinks
+    coords = coords + 0.1 * torch.rand(coords.shape, generator=gen, dtype=torch.float64)
     batch = torch.tensor([[0.0], [1.0], [0.0], [1.0], [1.0], [0.0]], dtype=torch.float64)
     return features, coords, batch
 
@@ -187,8 +206,8 @@ def test_gradcheck_features_and_box_coordinates(pool) -> None:
     def warp(features, coords):  # the batch-index column stays constant
         rois = torch.cat([batch, coords], dim=1)  # (R, 5)
         if pool is None:
-            return roi_warp(features, rois, (3, 4), 0.25)
-        return roi_warp_pool(features, rois, (3, 4), 0.25, pool=pool)
+            return roi_warp(features, rois, output_size=(3, 4), spatial_scale=0.25)
+        return roi_warp_pool(features, rois, output_size=(3, 4), spatial_scale=0.25, pool=pool)
 
     assert warp(features, coords).abs().sum() > 0
     assert gradcheck(warp, (features, coords), eps=1e-6, atol=1e-5)
@@ -203,32 +222,35 @@ def test_detach_boxes_switch() -> None:
     rois[:, 3:] = rois[:, 1:3] + 20.3  # inside the image, non-integer corners
 
     attached = rois.clone().requires_grad_(True)
-    roi_warp_pool(features, attached, 4, 1 / 8).square().sum().backward()
+    roi_warp_pool(features, attached, output_size=4, spatial_scale=1 / 8).square().sum().backward()
     assert attached.grad is not None and attached.grad[:, 1:].abs().sum() > 0
     assert torch.all(attached.grad[:, 0] == 0), "the batch index column gets no gradient"
 
     detached = rois.clone().requires_grad_(True)
     features.grad = None
-    module = RoIWarpPool(4, 1 / 8, detach_boxes=True)
+    module = RoIWarpPool(output_size=4, spatial_scale=1 / 8, detach_boxes=True)
     module(features, detached).square().sum().backward()
     assert detached.grad is None
-    assert features.grad is not None and features.grad.abs().sum() > 0, "the features still get a gradient"
+    assert features.grad is not None
+    assert features.grad.abs().sum() > 0, "the features still get a gradient"
     assert "detach_boxes=True" in repr(module) and "pool=2" in repr(module)
 
 
 def test_module_defaults_and_forward() -> None:
     module = RoIWarpPool()
-    assert (module.output_size, module.spatial_scale, module.pool, module.detach_boxes) == ((14, 14), 1 / 16, 2, False)
+    settings = (module.output_size, module.spatial_scale, module.pool, module.detach_boxes)
+    assert settings == ((14, 14), 1 / 16, 2, False)
     gen = torch.Generator().manual_seed(3)
     features, rois = torch.randn(1, 2, 10, 12, generator=gen), random_rois(4, 1, (160, 192), gen)
-    assert torch.equal(module(features, rois), roi_warp_pool(features, rois, 14, 1 / 16, pool=2))
+    expected = roi_warp_pool(features, rois, output_size=14, spatial_scale=1 / 16, pool=2)
+    assert torch.equal(module(features, rois), expected)
 
 
 def test_empty_rois() -> None:
     features = torch.randn(2, 3, 5, 5, requires_grad=True)
     rois = torch.zeros(0, 5)
-    assert roi_warp(features, rois, (2, 3), 0.5).shape == (0, 3, 2, 3)
-    out = roi_warp_pool(features, rois, 4, 0.5)
+    assert roi_warp(features, rois, output_size=(2, 3), spatial_scale=0.5).shape == (0, 3, 2, 3)
+    out = roi_warp_pool(features, rois, output_size=4, spatial_scale=0.5)
     assert out.shape == (0, 3, 4, 4)
     out.sum().backward()
     assert torch.all(features.grad == 0)
@@ -238,27 +260,69 @@ def test_batch_index_picks_the_image() -> None:
     gen = torch.Generator().manual_seed(4)
     features = torch.randn(3, 2, 6, 6, generator=gen)
     boxes = torch.tensor([[4.3, 2.1, 40.6, 33.9]])
+    settings = {"output_size": 3, "spatial_scale": 1 / 8}
+    of_image_0 = torch.cat([torch.zeros(1, 1), boxes], dim=1)
     for image in range(3):
         rois = torch.cat([torch.tensor([[float(image)]]), boxes], dim=1)
-        alone = roi_warp(features[image : image + 1], torch.cat([torch.zeros(1, 1), boxes], dim=1), 3, 1 / 8)
-        assert torch.equal(roi_warp(features, rois, 3, 1 / 8), alone)
-    other = roi_warp(features, torch.cat([torch.ones(1, 1), boxes], dim=1), 3, 1 / 8)
-    assert not torch.allclose(other, roi_warp(features, torch.cat([torch.zeros(1, 1), boxes], dim=1), 3, 1 / 8))
+        alone = roi_warp(features[image : image + 1], of_image_0, **settings)
+        assert torch.equal(roi_warp(features, rois, **settings), alone)
+    other = roi_warp(features, torch.cat([torch.ones(1, 1), boxes], dim=1), **settings)
+    assert not torch.allclose(other, roi_warp(features, of_image_0, **settings))
 
 
 @pytest.mark.parametrize(
     ("features", "rois", "kwargs", "message"),
     [
-        (torch.zeros(2, 5, 5), torch.zeros(1, 5), {}, "features must be a Tensor[N, C, h, w], got (2, 5, 5)"),
+        (
+            torch.zeros(2, 5, 5),
+            torch.zeros(1, 5),
+            {},
+            "features must be a Tensor[N, C, h, w], got (2, 5, 5)",
+        ),
         (torch.zeros(1, 2, 5, 5), torch.zeros(3, 4), {}, "rois must be a Tensor[R, 5]"),
         (torch.zeros(1, 2, 5, 5), torch.zeros(5), {}, "torch.cat([boxes.new_zeros"),
-        (torch.zeros(1, 2, 5, 5, dtype=torch.int64), torch.zeros(1, 5), {}, "features must be a float tensor"),
-        (torch.zeros(1, 2, 5, 5), torch.zeros(1, 5, dtype=torch.int64), {}, "rois must be a float tensor"),
-        (torch.zeros(2, 2, 5, 5), torch.tensor([[2.0, 0, 0, 4, 4]]), {}, "rois[0, 0] = 2.0 is not an image index in 0..1"),
-        (torch.zeros(2, 2, 5, 5), torch.tensor([[0.0, 0, 0, 4, 4], [0.5, 0, 0, 4, 4]]), {}, "rois[1, 0] = 0.5"),
-        (torch.zeros(1, 2, 5, 5), torch.zeros(1, 5), {"output_size": 0}, "output_size must be a positive int"),
-        (torch.zeros(1, 2, 5, 5), torch.zeros(1, 5), {"output_size": (2, 2, 2)}, "output_size must be a positive int"),
-        (torch.zeros(1, 2, 5, 5), torch.zeros(1, 5), {"spatial_scale": 0.0}, "spatial_scale must be > 0"),
+        (
+            torch.zeros(1, 2, 5, 5, dtype=torch.int64),
+            torch.zeros(1, 5),
+            {},
+            "features must be a float tensor",
+        ),
+        (
+            torch.zeros(1, 2, 5, 5),
+            torch.zeros(1, 5, dtype=torch.int64),
+            {},
+            "rois must be a float tensor",
+        ),
+        (
+            torch.zeros(2, 2, 5, 5),
+            torch.tensor([[2.0, 0, 0, 4, 4]]),
+            {},
+            "rois[0, 0] = 2.0 is not an image index in 0..1",
+        ),
+        (
+            torch.zeros(2, 2, 5, 5),
+            torch.tensor([[0.0, 0, 0, 4, 4], [0.5, 0, 0, 4, 4]]),
+            {},
+            "rois[1, 0] = 0.5",
+        ),
+        (
+            torch.zeros(1, 2, 5, 5),
+            torch.zeros(1, 5),
+            {"output_size": 0},
+            "output_size must be a positive int",
+        ),
+        (
+            torch.zeros(1, 2, 5, 5),
+            torch.zeros(1, 5),
+            {"output_size": (2, 2, 2)},
+            "output_size must be a positive int",
+        ),
+        (
+            torch.zeros(1, 2, 5, 5),
+            torch.zeros(1, 5),
+            {"spatial_scale": 0.0},
+            "spatial_scale must be > 0",
+        ),
         (torch.zeros(1, 2, 5, 5), torch.zeros(1, 5), {"pool": 0}, "pool must be an int >= 1"),
     ],
 )
@@ -273,72 +337,15 @@ def test_bad_inputs_raise_helpful_errors(features, rois, kwargs, message) -> Non
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"output_size": -1}, {"output_size": 2.5}, {"spatial_scale": -1.0}, {"pool": 1.5}, {"pool": True}]
+    "kwargs",
+    [
+        {"output_size": -1},
+        {"output_size": 2.5},
+        {"spatial_scale": -1.0},
+        {"pool": 1.5},
+        {"pool": True},
+    ],
 )
 def test_module_rejects_bad_settings(kwargs) -> None:
     with pytest.raises(ValueError, match="roi_warp.py"):
         RoIWarpPool(**kwargs)
-
-
-# ---- the notebook's exercise checker (mnc_teach.course.checks.check_roi_warp) ----
-
-
-def _bilinear(feature: torch.Tensor, x: float, y: float, transpose: bool = False, zero_left: bool = False,
-              no_edge_rule: bool = False) -> float:
-    """One bilinear sample by the rule in the roi_warp docstring; the flags plant the mistakes learners make."""
-    height, width = feature.shape
-    if transpose:
-        feature, (height, width) = feature.T, (width, height)
-    if y < -1 or y > height or x < -1 or x > width or (zero_left and (x < 0 or y < 0)):
-        return 0.0
-    x, y = max(x, 0.0), max(y, 0.0)
-    x_low, y_low = int(x), int(y)
-    if not no_edge_rule:
-        x_low, y_low = min(x_low, width - 1), min(y_low, height - 1)
-    x_high, y_high = min(x_low + 1, width - 1), min(y_low + 1, height - 1)
-    x = float(x_low) if x_low >= width - 1 else x
-    y = float(y_low) if y_low >= height - 1 else y
-    lx, ly = x - x_low, y - y_low
-    return float((1 - ly) * (1 - lx) * feature[y_low, x_low] + (1 - ly) * lx * feature[y_low, x_high]
-                 + ly * (1 - lx) * feature[y_high, x_low] + ly * lx * feature[y_high, x_high])  # fmt: skip
-
-
-def test_check_roi_warp_passes_a_correct_sample(capsys) -> None:
-    assert check_roi_warp(_bilinear)
-    assert capsys.readouterr().out.startswith("✓ my_bilinear matches roi_warp")
-
-
-def _not_implemented(*args):
-    raise NotImplementedError
-
-
-@pytest.mark.parametrize(
-    ("wrong", "expected_in_output"),
-    [
-        (lambda f, x, y: _bilinear(f, x, y, transpose=True), "at a cell centre"),
-        (lambda f, x, y: _bilinear(f, x, y, zero_left=True), "just left of the map: (x, y) = (-0.400, 1.500)"),
-        (lambda f, x, y: _bilinear(f, x, y, no_edge_rule=True), "exactly on the right border x = w: raised IndexError"),
-        (lambda f, x, y: torch.tensor([1.0, 2.0]), "expected one number"),
-        (_not_implemented, "my_bilinear is not implemented yet"),
-    ],
-)
-def test_check_roi_warp_diagnoses_mistakes(wrong, expected_in_output, capsys) -> None:
-    assert check_roi_warp(wrong) is False
-    out = capsys.readouterr().out
-    assert out.startswith("✗") and expected_in_output in out, out
-
-
-# ---- drawings for notebook 03 (mnc_teach.viz.roi_warp) ----
-
-
-def test_drawings_show_one_artist_per_object() -> None:
-    fig = draw_values(GRID_4X4[0, 0])
-    assert count_artists(fig, GID_CELL_VALUE) == 16
-    fig2 = draw_roi_samples(GRID_4X4[0, 0], (0.5, 0.5, 3.5, 3.5), (2, 3), 1.0)
-    assert count_artists(fig2, GID_ROI) == 1 and count_artists(fig2, GID_SAMPLE) == 6
-    path = torch.tensor([[10.0, 10, 30, 30], [11, 10, 31, 30], [12, 11, 31, 31]])
-    fig3 = draw_box_path(torch.rand(3, 40, 40), path, target_box=torch.tensor([12.0, 12, 32, 32]), max_boxes=2)
-    assert count_artists(fig3, GID_PATH_BOX) == 2 and count_artists(fig3, "target-box") == 1
-    with pytest.raises(ValueError, match="draw_values"):
-        draw_values(torch.zeros(2, 2, 2))
-    plt.close("all")

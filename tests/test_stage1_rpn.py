@@ -89,34 +89,61 @@ def test_head_equals_torchvision_rpn_head_with_the_same_weights():
 # --- generate_proposals -----------------------------------------------------------------------
 
 
-def reference_proposals(anchors, logits, deltas, image_size, pre_nms, post_nms, nms_iou, min_size):
+def reference_proposals(
+    anchors, logits, deltas, *, image_size, pre_nms_top_n, post_nms_top_n, nms_iou, min_size
+):
     """The same recipe written with torchvision's box coder and ops."""
-    order = logits.detach().argsort(descending=True)[:pre_nms]
+    order = logits.detach().argsort(descending=True)[:pre_nms_top_n]
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0), bbox_xform_clip=MAX_LOG_SCALE)
     boxes = coder.decode_single(deltas[order], anchors[order])
     boxes = torchvision.ops.clip_boxes_to_image(boxes, image_size)
     scores = logits[order].detach().sigmoid()
     keep = torchvision.ops.remove_small_boxes(boxes.detach(), min_size)
     boxes, scores = boxes[keep], scores[keep]
-    keep = torchvision.ops.nms(boxes.detach(), scores, nms_iou)[:post_nms]
+    keep = torchvision.ops.nms(boxes.detach(), scores, nms_iou)[:post_nms_top_n]
     return boxes[keep], scores[keep]
+
+
+# proposal settings of a 90 x 120 image, smaller than the 96 x 128 anchor grid
+SMALL_IMAGE = {
+    "image_size": (90, 120),
+    "pre_nms_top_n": 60,
+    "post_nms_top_n": 20,
+    "nms_iou": 0.5,
+    "min_size": 12.0,
+}
+
+
+def small_anchors(feature_size=(6, 8), stride=16) -> torch.Tensor:
+    """9 anchors (sides 16-48 px) on every cell of a stride-16 grid."""
+    return grid_anchors(generate_base_anchors(8, (0.5, 1.0, 2.0), (2, 4, 6)), feature_size, stride)
 
 
 def random_rpn_outputs(seed: int, feature_size=(6, 8), stride=16):
     gen = torch.Generator().manual_seed(seed)
-    anchors = grid_anchors(generate_base_anchors(8, (0.5, 1.0, 2.0), (2, 4, 6)), feature_size, stride)
+    anchors = small_anchors(feature_size, stride)
     logits = torch.randn(anchors.shape[0], generator=gen)
     deltas = 0.3 * torch.randn(anchors.shape[0], 4, generator=gen)
     return anchors, logits, deltas
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("pre_nms, post_nms, nms_iou, min_size", [(1000, 1000, 0.7, 0.0), (60, 20, 0.5, 12.0)])
-def test_generate_proposals_equals_torchvision_reference(seed, pre_nms, post_nms, nms_iou, min_size):
+@pytest.mark.parametrize(
+    "pre_nms, post_nms, nms_iou, min_size", [(1000, 1000, 0.7, 0.0), (60, 20, 0.5, 12.0)]
+)
+def test_generate_proposals_equals_torchvision_reference(
+    seed, pre_nms, post_nms, nms_iou, min_size
+):
     anchors, logits, deltas = random_rpn_outputs(seed)
-    image_size = (90, 120)  # smaller than the 96 x 128 anchor grid: some boxes are clipped
-    boxes, scores = generate_proposals(anchors, logits, deltas, image_size, pre_nms, post_nms, nms_iou, min_size)
-    expected_boxes, expected_scores = reference_proposals(anchors, logits, deltas, image_size, pre_nms, post_nms, nms_iou, min_size)
+    settings = {
+        "image_size": (90, 120),  # smaller than the 96 x 128 anchor grid: some boxes are clipped
+        "pre_nms_top_n": pre_nms,
+        "post_nms_top_n": post_nms,
+        "nms_iou": nms_iou,
+        "min_size": min_size,
+    }
+    boxes, scores = generate_proposals(anchors, logits, deltas, **settings)
+    expected_boxes, expected_scores = reference_proposals(anchors, logits, deltas, **settings)
     assert boxes.shape == expected_boxes.shape and 0 < boxes.shape[0] <= post_nms
     assert torch.allclose(boxes, expected_boxes, atol=1e-4)
     assert torch.allclose(scores, expected_scores)
@@ -132,7 +159,7 @@ def test_proposals_are_differentiable_in_the_deltas_only_where_kept():
     grads = []
     for fn in (generate_proposals, reference_proposals):
         d = deltas.clone().requires_grad_(True)
-        boxes, scores = fn(anchors, logits, d, (90, 120), 60, 20, 0.5, 12.0)
+        boxes, scores = fn(anchors, logits, d, **SMALL_IMAGE)
         assert not scores.requires_grad  # objectness is trained by stage 1's own loss only
         (boxes * weights[: boxes.shape[0]]).sum().backward()
         grads.append(d.grad)
@@ -144,11 +171,12 @@ def test_proposals_are_differentiable_in_the_deltas_only_where_kept():
 
 def test_delta_grad_clip_clamps_the_gradient_reaching_the_deltas():
     anchors, logits, deltas = random_rpn_outputs(seed=6)
-    weights = 50 * torch.randn(20, 4, generator=torch.Generator().manual_seed(2))  # large upstream gradients
+    # large upstream gradients
+    weights = 50 * torch.randn(20, 4, generator=torch.Generator().manual_seed(2))
     grads = []
     for clip in (None, 0.01):
         d = deltas.clone().requires_grad_(True)
-        boxes, _ = generate_proposals(anchors, logits, d, (90, 120), 60, 20, 0.5, 12.0, delta_grad_clip=clip)
+        boxes, _ = generate_proposals(anchors, logits, d, **SMALL_IMAGE, delta_grad_clip=clip)
         (boxes * weights[: boxes.shape[0]]).sum().backward()
         grads.append(d.grad)
     assert (grads[0].abs() > 0.01).any()
@@ -167,17 +195,38 @@ HAND_ANCHORS = torch.tensor(
         [-10.0, -10.0, 30.0, 30.0],  # sticks out of the image: ignored
     ]
 )
-HAND_DELTAS = torch.tensor([[0.05, -0.6, 0.1, 0.0], [9.0, 9.0, 9.0, 9.0], [9.0] * 4, [9.0] * 4, [9.0] * 4])
+HAND_DELTAS = torch.tensor(
+    [[0.05, -0.6, 0.1, 0.0], [9.0, 9.0, 9.0, 9.0], [9.0] * 4, [9.0] * 4, [9.0] * 4]
+)
 # target of anchor 0: centres (30, 30) vs (30, 35), sizes 40 x 40 vs 40 x 50
 HAND_TARGET_0 = (0.0, -5.0 / 50, 0.0, math.log(40 / 50))
 
 
 def hand_box_loss_sum() -> float:
-    return sum(smooth_l1(d - t, RPN_BETA) for d, t in zip(HAND_DELTAS[0].tolist(), HAND_TARGET_0, strict=True))
+    pairs = zip(HAND_DELTAS[0].tolist(), HAND_TARGET_0, strict=True)
+    return sum(smooth_l1(d - t, RPN_BETA) for d, t in pairs)
+
+
+# the paper's anchor labels and sampling (0.7 / 0.3, half positive at most)
+RPN_SETTINGS = {
+    "positive_iou": 0.7,
+    "negative_iou": 0.3,
+    "positive_fraction": 0.5,
+    "box_loss_beta": RPN_BETA,
+}
 
 
 def call_rpn_losses(logits, deltas, sizes, targets, batch_size=256, generator=None):
-    return rpn_losses(HAND_ANCHORS, logits, deltas, sizes, targets, 0.7, 0.3, batch_size, 0.5, RPN_BETA, generator)
+    return rpn_losses(
+        HAND_ANCHORS,
+        logits,
+        deltas,
+        image_sizes=sizes,
+        targets=targets,
+        batch_size=batch_size,
+        generator=generator,
+        **RPN_SETTINGS,
+    )
 
 
 def test_rpn_losses_hand_computed():
@@ -198,8 +247,10 @@ def test_rpn_losses_hand_computed():
 def test_rpn_losses_normalise_by_the_sampled_count():
     # batch of 2 anchors: the positive and one of the two negatives (equal logits, so either)
     logits = torch.tensor([[0.3, -1.2, 0.7, 0.7, 2.0]])
-    losses = call_rpn_losses(logits, HAND_DELTAS[None], [(100, 100)], [target([10, 10, 50, 50])], batch_size=2)
-    assert losses["loss_rpn_obj"].item() == pytest.approx((softplus(-0.3) + softplus(0.7)) / 2, rel=1e-5)
+    one_object = [target([10, 10, 50, 50])]
+    losses = call_rpn_losses(logits, HAND_DELTAS[None], [(100, 100)], one_object, batch_size=2)
+    expected_obj = (softplus(-0.3) + softplus(0.7)) / 2
+    assert losses["loss_rpn_obj"].item() == pytest.approx(expected_obj, rel=1e-5)
     assert losses["loss_rpn_box"].item() == pytest.approx(hand_box_loss_sum() / 2, rel=1e-5)
 
 
@@ -207,9 +258,11 @@ def test_rpn_losses_over_a_batch_with_an_image_without_ground_truth():
     logits = torch.tensor([[0.3, -1.2, 0.7, -0.4, 2.0], [0.1, 0.2, -0.3, 0.4, 5.0]])
     deltas = torch.stack([HAND_DELTAS, HAND_DELTAS]).requires_grad_(True)
     empty = target(torch.zeros(0, 4))
-    losses = call_rpn_losses(logits, deltas, [(100, 100), (100, 100)], [target([10, 10, 50, 50]), empty])
+    targets = [target([10, 10, 50, 50]), empty]
+    losses = call_rpn_losses(logits, deltas, [(100, 100), (100, 100)], targets)
     # image 2: the four inside anchors are negatives; 3 + 4 = 7 sampled in the batch
-    obj_sum = softplus(-0.3) + softplus(0.7) + softplus(-0.4) + sum(softplus(x) for x in (0.1, 0.2, -0.3, 0.4))
+    obj_sum = softplus(-0.3) + softplus(0.7) + softplus(-0.4)
+    obj_sum += sum(softplus(x) for x in (0.1, 0.2, -0.3, 0.4))
     assert losses["loss_rpn_obj"].item() == pytest.approx(obj_sum / 7, rel=1e-5)
     assert losses["loss_rpn_box"].item() == pytest.approx(hand_box_loss_sum() / 7, rel=1e-5)
     only_empty = call_rpn_losses(logits[1:], deltas[1:], [(100, 100)], [empty])
@@ -222,28 +275,44 @@ def test_rpn_losses_over_a_batch_with_an_image_without_ground_truth():
 def test_rpn_losses_equal_torchvision_rpn_compute_loss(seed):
     """Same labels, the same sample (same global RNG order), the same normalisation."""
     gen = torch.Generator().manual_seed(seed)
-    anchors = grid_anchors(generate_base_anchors(8, (0.5, 1.0, 2.0), (2, 4, 6)), (6, 8), 16)
+    anchors = small_anchors()
     sizes = [(96, 128), (80, 112)]
-    targets = [target([[10, 12, 50, 60], [60, 20, 110, 52], [30, 40, 70, 90]]), target([[5, 5, 45, 37]])]
+    targets = [
+        target([[10, 12, 50, 60], [60, 20, 110, 52], [30, 40, 70, 90]]),
+        target([[5, 5, 45, 37]]),
+    ]
     logits = torch.randn(2, anchors.shape[0], generator=gen)
     deltas = 0.2 * torch.randn(2, anchors.shape[0], 4, generator=gen)
     torch.manual_seed(100 + seed)
-    losses = rpn_losses(anchors, logits, deltas, sizes, targets, 0.7, 0.3, 32, 0.5, RPN_BETA)
+    losses = rpn_losses(
+        anchors, logits, deltas, image_sizes=sizes, targets=targets, batch_size=32, **RPN_SETTINGS
+    )
 
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
     labels, regression_targets = [], []
     for size, t in zip(sizes, targets, strict=True):
-        labels_i, matched_i = label_anchors(anchors, t["boxes"], size, 0.7, 0.3)
+        labels_i, matched_i = label_anchors(
+            anchors, t["boxes"], size, positive_iou=0.7, negative_iou=0.3
+        )
         assert (labels_i == 1).sum() > 0
         labels.append(labels_i.float())
         regression_targets.append(coder.encode_single(t["boxes"][matched_i], anchors))
     rpn = torchvision.models.detection.rpn.RegionProposalNetwork(
-        None, None, 0.7, 0.3, batch_size_per_image=32, positive_fraction=0.5,
-        pre_nms_top_n={}, post_nms_top_n={}, nms_thresh=0.7,
+        None,
+        None,
+        0.7,
+        0.3,
+        batch_size_per_image=32,
+        positive_fraction=0.5,
+        pre_nms_top_n={},
+        post_nms_top_n={},
+        nms_thresh=0.7,
     )
     assert isinstance(rpn.fg_bg_sampler, BalancedPositiveNegativeSampler)
     torch.manual_seed(100 + seed)
-    obj, box = rpn.compute_loss(logits.reshape(-1, 1), deltas.reshape(-1, 4), labels, regression_targets)
+    obj, box = rpn.compute_loss(
+        logits.reshape(-1, 1), deltas.reshape(-1, 4), labels, regression_targets
+    )
     assert torch.allclose(losses["loss_rpn_obj"], obj, atol=1e-6)
     assert torch.allclose(losses["loss_rpn_box"], box, atol=1e-6)
 
@@ -254,8 +323,14 @@ def test_rpn_losses_equal_torchvision_rpn_compute_loss(seed):
 def test_rpn_module_train_and_test_settings_and_gradient_path():
     torch.manual_seed(0)
     rpn = RegionProposalNetwork(
-        in_channels=4, stride=16, conv_channels=8, anchor_base_size=8, anchor_scales=(2, 4, 6),
-        pre_nms_top_n=(50, 40), post_nms_top_n=(7, 3), min_size=4.0,
+        in_channels=4,
+        stride=16,
+        conv_channels=8,
+        anchor_base_size=8,
+        anchor_scales=(2, 4, 6),
+        pre_nms_top_n=(50, 40),
+        post_nms_top_n=(7, 3),
+        min_size=4.0,
     )
     features = torch.randn(2, 4, 5, 6)
     sizes = [(80, 96), (70, 90)]
@@ -264,8 +339,11 @@ def test_rpn_module_train_and_test_settings_and_gradient_path():
     assert out.anchors.shape == (5 * 6 * 9, 4) and out.objectness_logits.shape == (2, 270)
     assert out.anchor_deltas.shape == (2, 270, 4)
     assert [p.shape[0] for p in out.proposals] == [7, 7]  # training: post_nms_top_n[0]
-    for i, size in enumerate(sizes):  # the module runs generate_proposals with the training numbers
-        boxes, scores = generate_proposals(out.anchors, out.objectness_logits[i], out.anchor_deltas[i], size, 50, 7, 0.7, 4.0)
+    training = {"pre_nms_top_n": 50, "post_nms_top_n": 7, "nms_iou": 0.7, "min_size": 4.0}
+    for i, size in enumerate(sizes):  # the module runs generate_proposals with those numbers
+        boxes, scores = generate_proposals(
+            out.anchors, out.objectness_logits[i], out.anchor_deltas[i], image_size=size, **training
+        )
         assert torch.equal(out.proposals[i], boxes) and torch.equal(out.proposal_scores[i], scores)
     out.proposals[0].sum().backward()  # later stages reach the delta conv, not the objectness conv
     assert rpn.head.deltas.weight.grad.abs().sum() > 0
@@ -278,10 +356,20 @@ def test_rpn_module_train_and_test_settings_and_gradient_path():
 
 
 def test_rpn_losses_with_seeded_generator_are_reproducible():
-    anchors = grid_anchors(generate_base_anchors(8, (0.5, 1.0, 2.0), (2, 4, 6)), (6, 8), 16)
+    anchors = small_anchors()
     gen = torch.Generator().manual_seed(0)
-    logits, deltas = torch.randn(1, anchors.shape[0], generator=gen), torch.randn(1, anchors.shape[0], 4, generator=gen)
-    args = (anchors, logits, deltas, [(96, 128)], [target([10, 12, 50, 60])], 0.7, 0.3, 16, 0.5, RPN_BETA)
-    first = rpn_losses(*args, generator=torch.Generator().manual_seed(3))
-    second = rpn_losses(*args, generator=torch.Generator().manual_seed(3))
+    logits = torch.randn(1, anchors.shape[0], generator=gen)
+    deltas = torch.randn(1, anchors.shape[0], 4, generator=gen)
+    kwargs = {
+        "image_sizes": [(96, 128)],
+        "targets": [target([10, 12, 50, 60])],
+        "batch_size": 16,
+        **RPN_SETTINGS,
+    }
+    first = rpn_losses(
+        anchors, logits, deltas, **kwargs, generator=torch.Generator().manual_seed(3)
+    )
+    second = rpn_losses(
+        anchors, logits, deltas, **kwargs, generator=torch.Generator().manual_seed(3)
+    )
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -30,7 +30,8 @@ def test_mask_pool_same_size_is_elementwise_product():
     assert torch.allclose(pooled, features * masks[:, None])
     upstream = torch.randn(pooled.shape, generator=gen)
     pooled.backward(upstream)
-    # MaskPooling backward [code]: features get upstream * M, the mask gets sum over channels of upstream * F
+    # MaskPooling backward [code]: features get upstream * M, the mask gets the sum over
+    # channels of upstream * F
     assert torch.allclose(features.grad, upstream * masks[:, None].detach())
     assert torch.allclose(masks.grad, (upstream * features.detach()).sum(dim=1), atol=1e-5)
 
@@ -43,7 +44,8 @@ def test_mask_pool_resizes_the_mask_bilinearly():
     expected = features * F.avg_pool2d(masks[:, None], 2)
     assert torch.allclose(mask_pool(features, masks), expected, atol=1e-6)
     constant = torch.full((2, 21, 21), 0.25)  # MNC code: 21 x 21 mask on 14 x 14 features
-    assert torch.allclose(mask_pool(torch.ones(2, 4, 14, 14), constant), torch.full((2, 4, 14, 14), 0.25))
+    pooled = mask_pool(torch.ones(2, 4, 14, 14), constant)
+    assert torch.allclose(pooled, torch.full((2, 4, 14, 14), 0.25))
 
 
 # --- ClassifierHead ---------------------------------------------------------------------------
@@ -51,10 +53,12 @@ def test_mask_pool_resizes_the_mask_bilinearly():
 
 @pytest.mark.parametrize("roi_size, pathway_pool", [(6, 2), (7, 2), (5, 1)])
 def test_classifier_head_shapes(roi_size, pathway_pool):
-    head = ClassifierHead(in_channels=3, roi_size=roi_size, num_classes=4, fc_dim=16, pathway_pool=pathway_pool)
+    head = ClassifierHead(
+        in_channels=3, roi_size=roi_size, num_classes=4, fc_dim=16, pathway_pool=pathway_pool
+    )
     out = head(torch.randn(5, 3, roi_size, roi_size), torch.rand(5, 9, 9))
     assert isinstance(out, ClassifierOutput)
-    assert out.cls_logits.shape == (5, 5) and out.box_cls_logits.shape == (5, 5)
+    assert out.mask_cls_logits.shape == (5, 5) and out.box_cls_logits.shape == (5, 5)
     assert out.box_deltas.shape == (5, 20)
 
 
@@ -62,12 +66,13 @@ def test_classification_trains_stage_2_through_the_mask():
     head = ClassifierHead(in_channels=3, roi_size=4, num_classes=2, fc_dim=8)
     masks = torch.rand(2, 6, 6, requires_grad=True)
     features = torch.randn(2, 3, 4, 4, requires_grad=True)
-    head(features, masks).cls_logits.sum().backward()
+    head(features, masks).mask_cls_logits.sum().backward()
     assert masks.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
 
 
 def test_load_fc_weights_initialises_both_pathways():
-    head = ClassifierHead(in_channels=2, roi_size=4, num_classes=3, fc_dim=5)  # fc6 input 2 * 2 * 2 = 8
+    # fc6 input 2 * 2 * 2 = 8
+    head = ClassifierHead(in_channels=2, roi_size=4, num_classes=3, fc_dim=5)
     gen = torch.Generator().manual_seed(0)
     fc_state = {
         "fc6.weight": torch.randn(5, 8, generator=gen),
@@ -77,16 +82,19 @@ def test_load_fc_weights_initialises_both_pathways():
     }
     head.load_fc_weights(fc_state)
     for pathway in (head.mask_pathway, head.box_pathway):
-        assert torch.equal(pathway[0].weight, fc_state["fc6.weight"]) and torch.equal(pathway[0].bias, fc_state["fc6.bias"])
-        assert torch.equal(pathway[2].weight, fc_state["fc7.weight"]) and torch.equal(pathway[2].bias, fc_state["fc7.bias"])
-    assert head.mask_pathway[0].weight.data_ptr() != head.box_pathway[0].weight.data_ptr()  # copies, not shared
+        for index, name in ((0, "fc6"), (2, "fc7")):
+            assert torch.equal(pathway[index].weight, fc_state[f"{name}.weight"])
+            assert torch.equal(pathway[index].bias, fc_state[f"{name}.bias"])
+    # copies, not shared
+    assert head.mask_pathway[0].weight.data_ptr() != head.box_pathway[0].weight.data_ptr()
 
 
 # --- mask-level labels ------------------------------------------------------------------------
 
 
 def paste_binary(cells: torch.Tensor, box: list[float], height: int, width: int) -> torch.Tensor:
-    """Brute force: every pixel whose centre is inside the box takes the value of the m x m cell it falls in."""
+    """Brute force: every pixel whose centre is inside the box takes the value of the m x m
+    cell it falls in."""
     m = cells.shape[0]
     x1, y1, x2, y2 = box
     centres_x, centres_y = torch.arange(width) + 0.5, torch.arange(height) + 0.5
@@ -108,23 +116,27 @@ def noisy_predictions(targets, gen, noise):
 
 
 def test_mask_level_labels_equal_full_image_iou_on_a_pixel_aligned_grid():
-    """Boxes of 20 px on even pixels, M = 10 (2 x 2 px per cell), instances made of 2 x 2 blocks:
-    the m x m computation is exact, so labels equal those of the brute-force image IoU."""
+    """Boxes of 20 px on even pixels, M = 10 (2 x 2 px per cell), instances made of 2 x 2
+    blocks: the m x m computation is exact, so labels equal those of the brute-force image
+    IoU."""
     gen = torch.Generator().manual_seed(0)
     origins = torch.tensor([[4, 6], [16, 14]])  # (x, y) of each instance's 20 x 20 px region
     gt_masks = torch.zeros(2, 40, 40, dtype=torch.uint8)
     for g, (x, y) in enumerate(origins.tolist()):
         blocks = (torch.rand(10, 10, generator=gen) > 0.2).to(torch.uint8)
-        gt_masks[g, y : y + 20, x : x + 20] = blocks.repeat_interleave(2, dim=0).repeat_interleave(2, dim=1)
+        pixels = blocks.repeat_interleave(2, dim=0).repeat_interleave(2, dim=1)
+        gt_masks[g, y : y + 20, x : x + 20] = pixels
     num_rois = 40
     matched = torch.randint(0, 2, (num_rois,), generator=gen)
-    corners = origins[matched] + 2 * torch.randint(-2, 3, (num_rois, 2), generator=gen)  # even x1, y1
+    # even x1, y1
+    corners = origins[matched] + 2 * torch.randint(-2, 3, (num_rois, 2), generator=gen)
     boxes = torch.cat([corners, corners + 20], dim=1).float()  # (R, 4)
-    targets = mask_targets(gt_masks, matched, boxes, 10)
+    targets = mask_targets(gt_masks, matched, boxes, mask_size=10)
     probs = noisy_predictions(targets, gen, noise=0.45)
-    box_labels = torch.where(torch.arange(num_rois) % 5 == 4, 0, matched + 1)  # some box-level background
+    # some box-level background
+    box_labels = torch.where(torch.arange(num_rois) % 5 == 4, 0, matched + 1)
     gt_areas = gt_masks.flatten(1).sum(1).float()[matched]
-    labels = mask_level_labels(probs, targets, boxes, gt_areas, box_labels)
+    labels = mask_level_labels(probs, targets, boxes, gt_areas=gt_areas, box_labels=box_labels)
     expected = []
     for r in range(num_rois):
         iou = brute_mask_iou((probs[r] >= 0.4).long(), boxes[r].tolist(), gt_masks[matched[r]])
@@ -138,13 +150,15 @@ def test_mask_level_labels_close_to_full_image_iou_for_any_boxes():
     labels agree wherever the image IoU is not within 0.05 of the 0.5 threshold."""
     gen = torch.Generator().manual_seed(1)
     ys, xs = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
-    gt_mask = (((xs - 30) / 18) ** 2 + ((ys - 33) / 12) ** 2 <= 1).to(torch.uint8)  # ellipse, box ~ (12, 21, 48, 45)
+    # an ellipse, box ~ (12, 21, 48, 45)
+    gt_mask = (((xs - 30) / 18) ** 2 + ((ys - 33) / 12) ** 2 <= 1).to(torch.uint8)
     base = torch.tensor([12.0, 21.0, 48.0, 45.0])
     boxes = base + 6 * torch.randn(60, 4, generator=gen)
-    targets = mask_targets(gt_mask[None], torch.zeros(60, dtype=torch.int64), boxes, 28)
+    targets = mask_targets(gt_mask[None], torch.zeros(60, dtype=torch.int64), boxes, mask_size=28)
     probs = noisy_predictions(targets, gen, noise=0.5)
     box_labels = torch.ones(60, dtype=torch.int64)
-    labels = mask_level_labels(probs, targets, boxes, gt_mask.sum().float().expand(60), box_labels)
+    gt_areas = gt_mask.sum().float().expand(60)
+    labels = mask_level_labels(probs, targets, boxes, gt_areas=gt_areas, box_labels=box_labels)
     compared = 0
     for r in range(60):
         iou = brute_mask_iou((probs[r] >= 0.4).long(), boxes[r].tolist(), gt_mask)
@@ -156,7 +170,13 @@ def test_mask_level_labels_close_to_full_image_iou_for_any_boxes():
 
 def test_mask_level_labels_zero_for_box_background():
     targets = torch.ones(2, 4, 4)
-    labels = mask_level_labels(torch.ones(2, 4, 4), targets, torch.tensor([[0.0, 0, 8, 8]] * 2), torch.tensor([64.0, 64.0]), torch.tensor([0, 3]))
+    labels = mask_level_labels(
+        torch.ones(2, 4, 4),
+        targets,
+        torch.tensor([[0.0, 0, 8, 8]] * 2),
+        gt_areas=torch.tensor([64.0, 64.0]),
+        box_labels=torch.tensor([0, 3]),
+    )
     assert labels.tolist() == [0, 3]  # perfect masks: the box label survives, background stays 0
 
 
@@ -174,59 +194,96 @@ def hand_cross_entropy(logits: list[float], label: int) -> float:
 def hand_deltas(gt, ref, weights):
     gw, gh, rw, rh = gt[2] - gt[0], gt[3] - gt[1], ref[2] - ref[0], ref[3] - ref[1]
     gx, gy, rx, ry = gt[0] + gw / 2, gt[1] + gh / 2, ref[0] + rw / 2, ref[1] + rh / 2
-    return [weights[0] * (gx - rx) / rw, weights[1] * (gy - ry) / rh, weights[2] * math.log(gw / rw), weights[3] * math.log(gh / rh)]
+    return [
+        weights[0] * (gx - rx) / rw,
+        weights[1] * (gy - ry) / rh,
+        weights[2] * math.log(gw / rw),
+        weights[3] * math.log(gh / rh),
+    ]
 
 
 def test_classifier_losses_hand_computed():
     gen = torch.Generator().manual_seed(0)
     num_classes = 2
-    cls_logits = torch.randn(3, 3, generator=gen, requires_grad=True)
+    mask_cls_logits = torch.randn(3, 3, generator=gen, requires_grad=True)
     box_cls_logits = torch.randn(3, 3, generator=gen, requires_grad=True)
     box_deltas = (0.3 * torch.randn(3, 12, generator=gen)).requires_grad_(True)
-    output = ClassifierOutput(cls_logits, box_cls_logits, box_deltas)
-    boxes = torch.tensor([[10.0, 10.0, 50.0, 40.0], [0.0, 5.0, 30.0, 45.0], [60.0, 60.0, 80.0, 70.0]], requires_grad=True)
-    gt_boxes = torch.tensor([[12.0, 8.0, 48.0, 44.0], [2.0, 5.0, 34.0, 40.0], [0.0, 0.0, 10.0, 10.0]])
+    output = ClassifierOutput(mask_cls_logits, box_cls_logits, box_deltas)
+    boxes = torch.tensor(
+        [[10.0, 10.0, 50.0, 40.0], [0.0, 5.0, 30.0, 45.0], [60.0, 60.0, 80.0, 70.0]],
+        requires_grad=True,
+    )
+    gt_boxes = torch.tensor(
+        [[12.0, 8.0, 48.0, 44.0], [2.0, 5.0, 34.0, 40.0], [0.0, 0.0, 10.0, 10.0]]
+    )
     box_labels = torch.tensor([2, 1, 0])  # RoI 2 is background: no box loss
     mask_labels = torch.tensor([2, 0, 0])  # RoI 1's mask was poor
     weights = (10.0, 10.0, 5.0, 5.0)
-    losses = classifier_losses(output, mask_labels, box_labels, boxes, gt_boxes, weights, box_loss_beta=1.0)
-    assert set(losses) == {"loss_cls", "loss_cls_box", "loss_box"}
+    losses = classifier_losses(
+        output,
+        mask_labels=mask_labels,
+        box_labels=box_labels,
+        boxes=boxes,
+        gt_boxes=gt_boxes,
+        box_weights=weights,
+        box_loss_beta=1.0,
+    )
+    assert set(losses) == {"loss_cls_mask", "loss_cls_box", "loss_box_reg"}
 
-    expected_cls = sum(hand_cross_entropy(cls_logits[r].tolist(), mask_labels[r].item()) for r in range(3)) / 3
-    expected_cls_box = sum(hand_cross_entropy(box_cls_logits[r].tolist(), box_labels[r].item()) for r in range(3)) / 3
+    expected_cls_mask = sum(
+        hand_cross_entropy(mask_cls_logits[r].tolist(), mask_labels[r].item()) for r in range(3)
+    ) / 3
+    expected_cls_box = sum(
+        hand_cross_entropy(box_cls_logits[r].tolist(), box_labels[r].item()) for r in range(3)
+    ) / 3
     box_sum = 0.0
     for r in (0, 1):
         k = box_labels[r].item()
         pred = box_deltas[r, 4 * k : 4 * k + 4].tolist()  # the RoI's own class
         goal = hand_deltas(gt_boxes[r].tolist(), boxes[r].tolist(), weights)
         box_sum += sum(smooth_l1(p - g, 1.0) for p, g in zip(pred, goal, strict=True))
-    assert losses["loss_cls"].item() == pytest.approx(expected_cls, rel=1e-5)
+    assert losses["loss_cls_mask"].item() == pytest.approx(expected_cls_mask, rel=1e-5)
     assert losses["loss_cls_box"].item() == pytest.approx(expected_cls_box, rel=1e-5)
-    assert losses["loss_box"].item() == pytest.approx(box_sum / 3, rel=1e-5)  # divided by R, not by #fg
+    # divided by R, not by the number of foreground RoIs
+    assert losses["loss_box_reg"].item() == pytest.approx(box_sum / 3, rel=1e-5)
 
-    losses["loss_box"].backward()
+    losses["loss_box_reg"].backward()
     grad = box_deltas.grad.view(3, num_classes + 1, 4).abs().sum(dim=2)  # (R, K+1)
-    assert (grad > 0).tolist() == [[False, False, True], [False, True, False], [False, False, False]]
+    expected_rows = [[False, False, True], [False, True, False], [False, False, False]]
+    assert (grad > 0).tolist() == expected_rows
     assert boxes.grad is None  # the regression targets are constants
 
 
 def test_classifier_losses_without_foreground():
-    output = ClassifierOutput(torch.zeros(2, 3), torch.zeros(2, 3), torch.randn(2, 12, requires_grad=True))
+    output = ClassifierOutput(
+        torch.zeros(2, 3), torch.zeros(2, 3), torch.randn(2, 12, requires_grad=True)
+    )
     boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 5.0, 5.0]])
-    losses = classifier_losses(output, torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), boxes, boxes)
-    assert losses["loss_box"].item() == 0.0
-    assert losses["loss_cls"].item() == pytest.approx(math.log(3))  # uniform logits over K + 1 = 3
-    losses["loss_box"].backward()
+    background = torch.zeros(2, dtype=torch.int64)
+    losses = classifier_losses(
+        output, mask_labels=background, box_labels=background, boxes=boxes, gt_boxes=boxes
+    )
+    assert losses["loss_box_reg"].item() == 0.0
+    # uniform logits over K + 1 = 3
+    assert losses["loss_cls_mask"].item() == pytest.approx(math.log(3))
+    losses["loss_box_reg"].backward()
     assert output.box_deltas.grad.abs().sum() == 0
 
 
 def test_no_rois_give_zero_losses_not_nan():
     head = ClassifierHead(in_channels=4, roi_size=6, num_classes=3, fc_dim=8)
     out = head(torch.zeros(0, 4, 6, 6), torch.zeros(0, 5, 5))
-    assert out.cls_logits.shape == (0, 4) and out.box_deltas.shape == (0, 16)
+    assert out.mask_cls_logits.shape == (0, 4) and out.box_deltas.shape == (0, 16)
     no_labels = torch.zeros(0, dtype=torch.int64)
-    losses = classifier_losses(out, no_labels, no_labels, torch.zeros(0, 4), torch.zeros(0, 4))
+    no_boxes = torch.zeros(0, 4)
+    losses = classifier_losses(
+        out, mask_labels=no_labels, box_labels=no_labels, boxes=no_boxes, gt_boxes=no_boxes
+    )
     assert all(v.item() == 0.0 for v in losses.values())
     sum(losses.values()).backward()
     assert head.cls_score.weight.grad is not None
-    assert mask_level_labels(torch.zeros(0, 5, 5), torch.zeros(0, 5, 5), torch.zeros(0, 4), torch.zeros(0), no_labels).shape == (0,)
+    no_masks = torch.zeros(0, 5, 5)
+    labels = mask_level_labels(
+        no_masks, no_masks, no_boxes, gt_areas=torch.zeros(0), box_labels=no_labels
+    )
+    assert labels.shape == (0,)

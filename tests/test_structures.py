@@ -34,11 +34,21 @@ def test_valid_and_empty_targets_pass() -> None:
         (lambda t: t.update(boxes=t["boxes"].double()), "boxes are torch.float64"),
         (lambda t: t.update(labels=t["labels"].int()), "labels are torch.int32"),
         (lambda t: t.update(masks=t["masks"][:, :10]), "masks are torch.uint8 (2, 10, 30)"),
-        (lambda t: t.update(boxes=torch.tensor([[3.0, 2.0, 3.0, 6.0], [20.0, 10.0, 29.0, 18.0]])), "box 0"),
+        (
+            lambda t: t.update(
+                boxes=torch.tensor([[3.0, 2.0, 3.0, 6.0], [20.0, 10.0, 29.0, 18.0]])
+            ),
+            "box 0",
+        ),
         (lambda t: t.update(labels=torch.tensor([0, 1])), "labels must be in 1..3"),
         (lambda t: t.update(labels=torch.tensor([1, 4])), "labels must be in 1..3"),
         (lambda t: t.pop("masks"), "has no 'masks'"),
-        (lambda t: t.update(boxes=torch.tensor([[float("nan"), 2.0, 9.0, 6.0], [20.0, 10.0, 29.0, 18.0]])), "NaN"),
+        (
+            lambda t: t.update(
+                boxes=torch.tensor([[float("nan"), 2.0, 9.0, 6.0], [20.0, 10.0, 29.0, 18.0]])
+            ),
+            "NaN",
+        ),
     ],
 )
 def test_broken_targets_name_the_problem(change, message: str) -> None:
