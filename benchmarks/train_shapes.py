@@ -8,10 +8,11 @@ as it is, except: ``--steps N`` shortens the schedule, scaling the learning-rate
 warm-up by ``N / max_steps`` so that a short run is a compressed version of the full one;
 validation losses are skipped (they do not change the weights) so that the training time is
 the training alone. The run is written to ``--out`` (replacing an earlier one there). Then
-``mnc_teach.engine.inference.predict`` runs the model on every val image and ``evaluate_predictions``
-scores the results. Prints wall times, images/s and mAP^r at 0.5 / 0.7 (area under the PR
-curve and VOC07 11-point). Nothing is asserted. At full length it takes a long time on a
-CPU (the preset's steps x images per step); the CPU is best left otherwise idle.
+``mnc_teach.engine.inference.predict`` runs the model on every val image and
+``evaluate_predictions`` scores the results. Prints wall times, images/s and mAP^r at
+0.5 / 0.7 (area under the PR curve and VOC07 11-point). Nothing is asserted. At full length
+it takes a long time on a CPU (the preset's steps x images per step); the CPU is best left
+otherwise idle.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnc_teach.config import get_preset, override, shortened  # noqa: E402
 from mnc_teach.data import generate_shapes  # noqa: E402
-from mnc_teach.engine.checkpoint import load_model
-from mnc_teach.engine.inference import predict
+from mnc_teach.engine.checkpoint import load_model  # noqa: E402
+from mnc_teach.engine.inference import predict  # noqa: E402
 from mnc_teach.engine.loop import build_datasets, train  # noqa: E402
 from mnc_teach.evaluation.report import evaluate_predictions  # noqa: E402
 
@@ -43,27 +45,44 @@ def _percent(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(REPO / "runs" / "benchmark_shapes"), help="run folder (replaced)")
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the preset's)")
-    parser.add_argument("--data-root", default=str(REPO / "data" / "shapes"), help="shapes dataset folder")
-    parser.add_argument("--num-train", type=int, default=NUM_TRAIN, help="train images when generating")
+    parser.add_argument(
+        "--out", default=str(REPO / "runs" / "benchmark_shapes"), help="run folder (replaced)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps (default: the preset's)"
+    )
+    parser.add_argument(
+        "--data-root", default=str(REPO / "data" / "shapes"), help="shapes dataset folder"
+    )
+    parser.add_argument(
+        "--num-train", type=int, default=NUM_TRAIN, help="train images when generating"
+    )
     parser.add_argument("--num-val", type=int, default=NUM_VAL, help="val images when generating")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    generate_shapes(args.data_root, seed=0, num_train=args.num_train, num_val=args.num_val, progress=False)
+    generate_shapes(
+        args.data_root, seed=0, num_train=args.num_train, num_val=args.num_val, progress=False
+    )
     cfg = override(get_preset(PRESET), "data.root", args.data_root)
     if args.steps is not None:
         cfg = shortened(cfg, args.steps)
     t = cfg.train
     train_set, val_set = build_datasets(cfg)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device or 'default'}")
-    print(f"{PRESET}: {len(train_set)} train / {len(val_set)} val images; {t.max_steps} steps of "
-          f"{t.images_per_batch} x {t.accumulate} images, lr {t.lr:g} x {t.gamma:g} at {t.lr_steps}, "
-          f"warm-up {t.warmup_steps}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"device {args.device or 'default'}"
+    )
+    print(
+        f"{PRESET}: {len(train_set)} train / {len(val_set)} val images; {t.max_steps} steps of "
+        f"{t.images_per_batch} x {t.accumulate} images, lr {t.lr:g} x {t.gamma:g} at {t.lr_steps}, "
+        f"warm-up {t.warmup_steps}"
+    )
 
     start = time.perf_counter()
     history = train(cfg, args.out, datasets=(train_set, None), device=args.device, overwrite=True)
@@ -79,12 +98,20 @@ def main() -> None:
     ground_truth = [val_set.load_target(i) for i in range(len(val_set))]
     report = evaluate_predictions(results, ground_truth, val_set.class_names)
 
-    print(f"\ntrain   {train_s:8.1f} s  {steps} steps, {train_images} images, {train_images / train_s:.2f} images/s")
-    print(f"predict {predict_s:8.1f} s  {len(val_set)} images, {len(val_set) / predict_s:.2f} images/s, "
-          f"{len(results)} detections")
+    print(
+        f"\ntrain   {train_s:8.1f} s  {steps} steps, {train_images} images, "
+        f"{train_images / train_s:.2f} images/s"
+    )
+    print(
+        f"predict {predict_s:8.1f} s  {len(val_set)} images, "
+        f"{len(val_set) / predict_s:.2f} images/s, {len(results)} detections"
+    )
     for threshold in ("0.5", "0.7"):
         aps = report[f"mAP_r@{threshold}"]
-        print(f"mAP^r@{threshold}: {_percent(aps['area'])} (area)  {_percent(aps['voc07'])} (VOC07 11-point)")
+        print(
+            f"mAP^r@{threshold}: {_percent(aps['area'])} (area)  "
+            f"{_percent(aps['voc07'])} (VOC07 11-point)"
+        )
     print(report["table"])
 
 

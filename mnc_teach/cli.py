@@ -3,9 +3,14 @@
 Commands:
     shapes    generate the synthetic shapes dataset (VOC 2012 layout) and print its fingerprint
     download  download and verify PASCAL VOC 2012 or SBD
-    evaluate  mAP^r at 0.5 / 0.7 (SDS protocol, two AP variants) and COCO-style AP of a predictions file
+    evaluate  mAP^r at 0.5 / 0.7 (SDS protocol, two AP variants) and COCO-style AP of a
+              predictions file
     train     train MNC from a preset (checkpoints, resume, Ctrl-C stops cleanly)
-    predict   run a trained checkpoint on a dataset split and write a COCO results JSON for `evaluate`
+    predict   run a trained checkpoint on a dataset split and write a COCO results JSON for
+              `evaluate`
+
+Each command imports what it needs when it runs (the one place of the package that imports
+lazily), so that ``--help`` answers without loading torch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mnc_teach.config import PRESETS
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_PRESET = "shapes-cpu"
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
@@ -73,11 +82,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_PRESET = "shapes-cpu"
-
 
 def _apply_setting(cfg, assignment: str):
-    """``cfg`` with ``NAME=VALUE`` applied, e.g. ``train.lr=0.01``; VALUE is a Python literal (or a bare string)."""
+    """``cfg`` with ``NAME=VALUE`` applied, e.g. ``train.lr=0.01``; VALUE is a Python literal
+    (or a bare string)."""
     from mnc_teach.config import override
 
     name, sep, text = assignment.partition("=")
@@ -85,18 +93,21 @@ def _apply_setting(cfg, assignment: str):
     for part in name.split("."):
         if not sep or not dataclasses.is_dataclass(current) or not hasattr(current, part):
             raise ValueError(f"--set {assignment!r}: expected NAME=VALUE with NAME a setting of "
-                             "mnc_teach/config.py, e.g. train.lr=0.01 or data.flip=False")  # fmt: skip
+                             "mnc_teach/config.py, e.g. train.lr=0.01 or data.flip=False")
         current = getattr(current, part)
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        value = {"true": True, "false": False, "none": None}.get(text.lower(), text)  # a bare string
+        # a bare string, or true / false / none in any case
+        value = {"true": True, "false": False, "none": None}.get(text.lower(), text)
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
     if isinstance(current, float) and type(value) is int:
         value = float(value)
     if current is not None and value is not None and type(value) is not type(current):
-        raise ValueError(f"--set {name}: expected a {type(current).__name__} like {current!r}, got {text!r}")
+        raise ValueError(
+            f"--set {name}: expected a {type(current).__name__} like {current!r}, got {text!r}"
+        )
     return override(cfg, name, value)
 
 
@@ -107,8 +118,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mnc_teach.engine.state import CHECKPOINT_NAME, HISTORY_NAME
 
     out = Path(args.out)
+    checkpoint = out / CHECKPOINT_NAME
     if args.resume and args.preset is None:  # the checkpoint's own settings
-        cfg = MNCConfig.from_dict(load_checkpoint(out / CHECKPOINT_NAME)["config"])
+        cfg = MNCConfig.from_dict(load_checkpoint(checkpoint)["config"])
     else:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     if args.steps is not None:
@@ -120,12 +132,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = train(cfg, out, resume=args.resume, device=args.device)
     last_step = history.steps[-1]["step"] if history.steps else 0
     if last_step < cfg.train.max_steps:
-        print(f"stopped at step {last_step} of {cfg.train.max_steps}; checkpoint {out / CHECKPOINT_NAME}")
+        print(f"stopped at step {last_step} of {cfg.train.max_steps}; checkpoint {checkpoint}")
         print(f"resume with: python -m mnc_teach train --out {out} --resume")
     else:
-        print(f"done: {out / CHECKPOINT_NAME} (step {last_step}), loss curves in {out / HISTORY_NAME}")
-        print(f"predict with: python -m mnc_teach predict --checkpoint {out / CHECKPOINT_NAME} "
-              f"--dataset-root {cfg.data.root} --split {cfg.data.val_split} --out {out / 'predictions.json'}")  # fmt: skip
+        print(f"done: {checkpoint} (step {last_step}), loss curves in {out / HISTORY_NAME}")
+        print(
+            f"predict with: python -m mnc_teach predict --checkpoint {checkpoint} "
+            f"--dataset-root {cfg.data.root} --split {cfg.data.val_split} "
+            f"--out {out / 'predictions.json'}"
+        )
     return 0
 
 
@@ -137,77 +152,140 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mnc_teach.evaluation.coco import save_predictions
 
     model, cfg = load_model(args.checkpoint, device=args.device)
-    resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)  # the scale the model was trained at
-    dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format, transforms=resize)
+    # the scale the model was trained at
+    resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)
+    dataset = VOCInstanceSegmentation(
+        args.dataset_root, split=args.split, format=args.format, transforms=resize
+    )
     if dataset.num_classes != cfg.num_classes:
-        raise ValueError(f"{args.checkpoint} predicts {cfg.num_classes} classes but {dataset.root} has "
-                         f"{dataset.num_classes} ({', '.join(dataset.class_names[1:])}); is it the right dataset?")  # fmt: skip
+        raise ValueError(
+            f"{args.checkpoint} predicts {cfg.num_classes} classes but {dataset.root} has "
+            f"{dataset.num_classes} ({', '.join(dataset.class_names[1:])}); "
+            "is it the right dataset?"
+        )
     on_cpu = next(model.parameters()).device.type == "cpu"
-    with cpu_threads(cfg.train.cpu_threads if on_cpu else None):  # the threads the model trained fastest with
+    # on a CPU, the threads the model trained fastest with
+    with cpu_threads(cfg.train.cpu_threads if on_cpu else None):
         results = predict(model, dataset)
     save_predictions(results, args.out)
     print(f"wrote {len(results)} detections on {len(dataset)} images to {args.out}")
-    print(f"evaluate with: python -m mnc_teach evaluate --dataset-root {args.dataset_root} --format {args.format} "
-          f"--split {args.split} --predictions {args.out}")  # fmt: skip
+    print(
+        f"evaluate with: python -m mnc_teach evaluate --dataset-root {args.dataset_root} "
+        f"--format {args.format} --split {args.split} --predictions {args.out}"
+    )
     return 0
 
 
+DATASET_ROOT_HELP = "VOC 2012 / SBD / shapes dataset folder"
+FORMAT_HELP = "annotation format (default: voc)"
+DEVICE_HELP = "default: cuda when available"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mnc_teach", description=__doc__.split("\n\n")[0])
+    """The parser of ``python -m mnc_teach``: one sub-command per ``_cmd_*`` function."""
+    description = __doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m mnc_teach", description=description)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    shapes = commands.add_parser("shapes", help="generate the synthetic shapes dataset")
-    shapes.add_argument("--root", default="data/shapes", help="output folder (default: data/shapes)")
-    shapes.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    shapes.add_argument("--train", type=int, default=1000, help="number of train images (default: 1000)")
-    shapes.add_argument("--val", type=int, default=200, help="number of val images (default: 200)")
-    shapes.add_argument("--image-size", type=int, default=128, help="image side in pixels (default: 128)")
-    shapes.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with other settings")
-    shapes.set_defaults(run=_cmd_shapes)
-
-    download = commands.add_parser("download", help="download and verify VOC 2012 or SBD")
-    download.add_argument("name", choices=["voc2012", "sbd"])
-    download.add_argument("--root", default="data", help="folder to download into (default: data)")
-    download.add_argument("--url", default=None, help="mirror URL of the archive (default: the official one)")
-    download.set_defaults(run=_cmd_download)
-
-    evaluate = commands.add_parser("evaluate", help="mAP^r and COCO AP of a COCO-results JSON file")
-    evaluate.add_argument("--dataset-root", required=True, help="VOC 2012 / SBD / shapes dataset folder")
-    evaluate.add_argument("--format", choices=["voc", "sbd"], default="voc", help="annotation format (default: voc)")
-    evaluate.add_argument("--split", default="val", help="image list to evaluate on (default: val)")
-    evaluate.add_argument("--predictions", required=True, help="COCO results JSON (list of {image_id, category_id, segmentation, score})")
-    evaluate.add_argument("--json", default=None, metavar="OUT", help="also write the numbers to this JSON file")
-    evaluate.set_defaults(run=_cmd_evaluate)
-
-    train = commands.add_parser("train", help="train MNC (Ctrl-C: checkpoint and stop; --resume continues)")
-    train.add_argument("--preset", choices=list(PRESETS), default=None,
-                       help=f"default: {DEFAULT_PRESET}; with --resume: the checkpoint's settings")  # fmt: skip
-    train.add_argument("--out", required=True, help="run folder: checkpoint.pt and history.json go there")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--steps", type=int, default=None, help="optimiser steps in total (train.max_steps)")
-    train.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    train.add_argument("--data-root", default=None, help="dataset folder (data.root)")
-    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                       help="change a setting of mnc_teach/config.py, e.g. --set train.lr=0.01 (repeatable)")  # fmt: skip
-    train.set_defaults(run=_cmd_train)
-
-    predict = commands.add_parser("predict", help="predictions of a checkpoint as COCO results JSON")
-    predict.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `train`")
-    predict.add_argument("--dataset-root", required=True, help="VOC 2012 / SBD / shapes dataset folder")
-    predict.add_argument("--format", choices=["voc", "sbd"], default="voc", help="annotation format (default: voc)")
-    predict.add_argument("--split", default="val", help="image list to predict (default: val)")
-    predict.add_argument("--out", required=True, help="COCO results JSON to write")
-    predict.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    predict.set_defaults(run=_cmd_predict)
+    _add_shapes(commands)
+    _add_download(commands)
+    _add_evaluate(commands)
+    _add_train(commands)
+    _add_predict(commands)
     return parser
 
 
+def _add_shapes(commands: argparse._SubParsersAction) -> None:
+    shapes = commands.add_parser("shapes", help="generate the synthetic shapes dataset")
+    shapes.add_argument(
+        "--root", default="data/shapes", help="output folder (default: data/shapes)"
+    )
+    shapes.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    shapes.add_argument(
+        "--train", type=int, default=1000, help="number of train images (default: 1000)"
+    )
+    shapes.add_argument("--val", type=int, default=200, help="number of val images (default: 200)")
+    shapes.add_argument(
+        "--image-size", type=int, default=128, help="image side in pixels (default: 128)"
+    )
+    shapes.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing dataset made with other settings",
+    )
+    shapes.set_defaults(run=_cmd_shapes)
+
+
+def _add_download(commands: argparse._SubParsersAction) -> None:
+    download = commands.add_parser("download", help="download and verify VOC 2012 or SBD")
+    download.add_argument("name", choices=["voc2012", "sbd"])
+    download.add_argument("--root", default="data", help="folder to download into (default: data)")
+    download.add_argument(
+        "--url", default=None, help="mirror URL of the archive (default: the official one)"
+    )
+    download.set_defaults(run=_cmd_download)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="mAP^r and COCO AP of a COCO-results JSON file")
+    evaluate.add_argument("--dataset-root", required=True, help=DATASET_ROOT_HELP)
+    evaluate.add_argument("--format", choices=["voc", "sbd"], default="voc", help=FORMAT_HELP)
+    evaluate.add_argument("--split", default="val", help="image list to evaluate on (default: val)")
+    evaluate.add_argument(
+        "--predictions", required=True,
+        help="COCO results JSON (list of {image_id, category_id, segmentation, score})",
+    )
+    evaluate.add_argument(
+        "--json", default=None, metavar="OUT", help="also write the numbers to this JSON file"
+    )
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train MNC (Ctrl-C: checkpoint and stop; --resume continues)"
+    )
+    train.add_argument(
+        "--preset", choices=list(PRESETS), default=None,
+        help=f"default: {DEFAULT_PRESET}; with --resume: the checkpoint's settings",
+    )
+    train.add_argument(
+        "--out", required=True, help="run folder: checkpoint.pt and history.json go there"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps in total (train.max_steps)"
+    )
+    train.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
+    train.add_argument("--data-root", default=None, help="dataset folder (data.root)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="change a setting of mnc_teach/config.py, e.g. --set train.lr=0.01 (repeatable)",
+    )
+    train.set_defaults(run=_cmd_train)
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict", help="predictions of a checkpoint as COCO results JSON"
+    )
+    predict.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `train`")
+    predict.add_argument("--dataset-root", required=True, help=DATASET_ROOT_HELP)
+    predict.add_argument("--format", choices=["voc", "sbd"], default="voc", help=FORMAT_HELP)
+    predict.add_argument("--split", default="val", help="image list to predict (default: val)")
+    predict.add_argument("--out", required=True, help="COCO results JSON to write")
+    predict.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
+    predict.set_defaults(run=_cmd_predict)
+
+
+# Expected user errors (missing data, bad files, failed downloads, a diverged run): one clear line.
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an expected error prints ``error: ...`` and returns 1 (130 on Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError) as error:
-        # Expected user errors (missing data, bad files, failed downloads, a diverged run) get one clear line.
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,7 +19,8 @@ def _default_mode() -> int:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a hidden temporary file next to ``path``, then rename it over ``path``.
+    """Call ``write(file)`` on a hidden temporary file next to ``path``, then rename it over
+    ``path``.
 
     The folder is created if missing, and the file gets the permissions a plain ``open`` would
     give (``mkstemp`` alone makes it private, 0600). On any error the temporary file is removed

@@ -38,11 +38,13 @@ NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 CELL_TIMEOUT_S = 300  # fast-mode cells take seconds; a stuck kernel fails in minutes, not hours
 FULL_CELL_TIMEOUT_S = 3600  # full-mode training cells take minutes on a CPU
-POLL_SLICE_S = 1.0  # longest wait on a kernel channel before looking again (see PollingNotebookClient)
+# the longest wait on a kernel channel before looking again (see PollingNotebookClient)
+POLL_SLICE_S = 1.0
 
 
 def _sliced(get_msg):
-    """``get_msg(timeout)`` of a kernel channel, waiting in slices of POLL_SLICE_S until ``timeout``."""
+    """``get_msg(timeout)`` of a kernel channel, waiting in slices of POLL_SLICE_S until
+    ``timeout``."""
 
     async def get_msg_in_slices(timeout: float | None = None):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -75,7 +77,8 @@ class PollingNotebookClient(NotebookClient):
 
 @dataclass
 class RenderResult:
-    """What became of one notebook: its page, title, summary (HTML), time, and error if it failed."""
+    """What became of one notebook: its page, title, summary (HTML), time, and the error if it
+    failed."""
 
     notebook: Path
     html_path: Path
@@ -88,10 +91,13 @@ class RenderResult:
 def notebook_title_and_summary(notebook: nbformat.NotebookNode) -> tuple[str, str]:
     """The first ``# `` heading of the first markdown cell, and as HTML its "What you will learn"
     bullets (or, without them, its first paragraph after the heading)."""
-    first_markdown = next((cell.source for cell in notebook.cells if cell.cell_type == "markdown"), "")
+    markdown_cells = (cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    first_markdown = next(markdown_cells, "")
     title_match = re.search(r"^#\s+(.+)$", first_markdown, flags=re.MULTILINE)
     title = title_match.group(1).strip() if title_match else ""
-    learn = re.search(r"\*\*What you will learn\*\*\s*\n+((?:[*-] .*\n?(?:[ \t]+\S.*\n?)*)+)", first_markdown)
+    learn = re.search(
+        r"\*\*What you will learn\*\*\s*\n+((?:[*-] .*\n?(?:[ \t]+\S.*\n?)*)+)", first_markdown
+    )
     if learn:
         summary = learn.group(1)
     else:
@@ -108,7 +114,8 @@ def _describe_cell(notebook: nbformat.NotebookNode, cell_index: int) -> str:
     first_line = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
     if len(first_line) > 60:
         first_line = first_line[:57] + "..."
-    return f"cell {cell_index + 1} of {len(notebook.cells)} (code cell {code_number}, `{first_line}`)"
+    where = f"cell {cell_index + 1} of {len(notebook.cells)}"
+    return f"{where} (code cell {code_number}, `{first_line}`)"
 
 
 def _error_summary(error: Exception) -> str:
@@ -119,13 +126,19 @@ def _error_summary(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
-def render_notebook(path: Path, build_dir: Path, data_root: Path, fast: bool = True,
-                    timeout_s: int = CELL_TIMEOUT_S) -> RenderResult:
+def render_notebook(
+    path: Path, build_dir: Path, *, data_root: Path, fast: bool = True,
+    timeout_s: int = CELL_TIMEOUT_S,
+) -> RenderResult:
     """Execute ``path`` in a fresh kernel (cwd = its folder) and write ``build_dir/<stem>.html``."""
     notebook = nbformat.read(path, as_version=4)
     title, summary_html = notebook_title_and_summary(notebook)
-    env = {**os.environ, "MNC_FAST": "1" if fast else "0", "MNC_DATA_ROOT": str(data_root.resolve()),
-           "MPLBACKEND": INLINE_BACKEND}
+    env = {
+        **os.environ,
+        "MNC_FAST": "1" if fast else "0",
+        "MNC_DATA_ROOT": str(data_root.resolve()),
+        "MPLBACKEND": INLINE_BACKEND,
+    }
     current_cell = {"index": 0}
 
     def remember_cell(cell, cell_index: int) -> None:
@@ -143,7 +156,9 @@ def render_notebook(path: Path, build_dir: Path, data_root: Path, fast: bool = T
         error = f"{_describe_cell(notebook, current_cell['index'])}: {_error_summary(exc)}"
     seconds = time.perf_counter() - start
     exporter = HTMLExporter(template_name="lab", embed_images=True)
-    page, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title or path.stem}})
+    page, _ = exporter.from_notebook_node(
+        notebook, resources={"metadata": {"name": title or path.stem}}
+    )
     html_path = write_text_atomically(build_dir / f"{path.stem}.html", page)
     return RenderResult(path, html_path, title or path.stem, summary_html, seconds, error)
 
@@ -157,22 +172,22 @@ def index_page(results: list[RenderResult], fast: bool, total_seconds: float) ->
             status = f'<p class="failed">FAILED at {html.escape(result.error)}</p>'
         else:
             status = f'<p class="time">executed in {result.seconds:.1f} s</p>'
-        items.append(
-            f'<li><h2><a href="{html.escape(result.html_path.name)}">{html.escape(result.title)}</a></h2>\n'
-            f"{result.summary_html}\n{status}</li>"
-        )
+        link = f'<a href="{html.escape(result.html_path.name)}">{html.escape(result.title)}</a>'
+        items.append(f"<li><h2>{link}</h2>\n{result.summary_html}\n{status}</li>")
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(COURSE_TITLE)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }}
+body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem;
+  line-height: 1.45; }}
 ol {{ padding-left: 0; list-style: none; }} li > h2 {{ margin-bottom: 0.3rem; font-size: 1.25rem; }}
 .time {{ color: #555; font-size: 0.9rem; }} .failed {{ color: #b00020; font-weight: bold; }}
 </style></head><body>
 <h1>{html.escape(COURSE_TITLE)}</h1>
-<p>Every notebook below was executed in {mode} on {stamp} ({total_seconds:.0f} s in all) and saved with
-its outputs, so the course can be read without running it. Interactive widgets show their last state when
-the page can load the widget renderer (from unpkg.com); to use them, run the notebooks with <code>make lab</code>.</p>
+<p>Every notebook below was executed in {mode} on {stamp} ({total_seconds:.0f} s in all) and
+saved with its outputs, so the course can be read without running it. Interactive widgets show
+their last state when the page can load the widget renderer (from unpkg.com); to use them, run
+the notebooks with <code>make lab</code>.</p>
 <ol>
 {chr(10).join(items)}
 </ol>
@@ -180,19 +195,32 @@ the page can load the widget renderer (from unpkg.com); to use them, run the not
 """
 
 
-def render_course(notebooks: list[Path], build_dir: Path, data_root: Path | None = None, fast: bool = True,
-                  timeout_s: int = CELL_TIMEOUT_S, log=print) -> list[RenderResult]:
-    """Render ``notebooks`` in order into ``build_dir`` (pages + index.html); returns one result each."""
+def render_course(
+    notebooks: list[Path],
+    build_dir: Path,
+    *,
+    data_root: Path | None = None,
+    fast: bool = True,
+    timeout_s: int = CELL_TIMEOUT_S,
+    log=print,
+) -> list[RenderResult]:
+    """Render ``notebooks`` in order into ``build_dir`` (pages + index.html); returns one result
+    for each."""
     data_root = data_root or build_dir / "data"
     build_dir.mkdir(parents=True, exist_ok=True)
     results = []
     start = time.perf_counter()
     for number, path in enumerate(notebooks, start=1):
         log(f"[{number}/{len(notebooks)}] {path.name} ...")
-        result = render_notebook(path, build_dir, data_root, fast=fast, timeout_s=timeout_s)
+        result = render_notebook(
+            path, build_dir, data_root=data_root, fast=fast, timeout_s=timeout_s
+        )
         results.append(result)
         outcome = f"FAILED at {result.error}" if result.error else "ok"
-        log(f"[{number}/{len(notebooks)}] {path.name}: {outcome}, {result.seconds:.1f} s -> {result.html_path}")
+        log(
+            f"[{number}/{len(notebooks)}] {path.name}: {outcome}, {result.seconds:.1f} s "
+            f"-> {result.html_path}"
+        )
     total = time.perf_counter() - start
     index = write_text_atomically(build_dir / "index.html", index_page(results, fast, total))
     log(f"rendered {len(results)} notebooks in {total:.1f} s; open {index}")
@@ -203,22 +231,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--notebook-dir", type=Path, default=REPO_ROOT / "notebooks")
     parser.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build")
-    parser.add_argument("--data-root", type=Path, default=None, help="MNC_DATA_ROOT (default: <build-dir>/data)")
-    parser.add_argument("--full", action="store_true", help="full mode (MNC_FAST=0): real sizes, takes long")
-    parser.add_argument("--timeout", type=int, default=None,
-                        help=f"seconds per cell (default {CELL_TIMEOUT_S}, {FULL_CELL_TIMEOUT_S} with --full)")
+    parser.add_argument(
+        "--data-root", type=Path, default=None, help="MNC_DATA_ROOT (default: <build-dir>/data)"
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="full mode (MNC_FAST=0): real sizes, takes long"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=None,
+        help=f"seconds per cell (default {CELL_TIMEOUT_S}, {FULL_CELL_TIMEOUT_S} with --full)",
+    )
     args = parser.parse_args(argv)
     notebooks = sorted(args.notebook_dir.glob(NOTEBOOK_GLOB))
     if not notebooks:
         print(f"render_course: no {NOTEBOOK_GLOB} in {args.notebook_dir}", file=sys.stderr)
         return 2
     timeout_s = args.timeout or (FULL_CELL_TIMEOUT_S if args.full else CELL_TIMEOUT_S)
-    results = render_course(notebooks, args.build_dir, args.data_root, fast=not args.full, timeout_s=timeout_s,
-                            log=lambda line: print(line, flush=True))
+    results = render_course(
+        notebooks,
+        args.build_dir,
+        data_root=args.data_root,
+        fast=not args.full,
+        timeout_s=timeout_s,
+        log=lambda line: print(line, flush=True),
+    )
     failed = [result for result in results if result.error]
     for result in failed:
-        print(f"render_course: {result.notebook} failed at {result.error}; its page {result.html_path} "
-              f"shows the traceback", file=sys.stderr)
+        print(
+            f"render_course: {result.notebook} failed at {result.error}; "
+            f"its page {result.html_path} shows the traceback",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

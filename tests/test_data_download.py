@@ -14,7 +14,6 @@ import random
 import socket
 import tarfile
 import threading
-import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,10 +25,8 @@ from mnc_teach.data.download import (
     ChecksumError,
     DownloadError,
     Resource,
-    UnsafeArchiveError,
     download_dataset,
     download_file,
-    safe_extract,
 )
 
 ARCHIVE_NAME = "toyset.tar.gz"
@@ -307,75 +304,3 @@ def test_mirror_from_argument_or_environment(server, toy, tmp_path, monkeypatch)
     download_dataset("toyset", tmp_path / "b", progress=False, resource=offline)
     assert [r["path"] for r in server.requests] == [f"/{ARCHIVE_NAME}"] * 2
     assert (tmp_path / "b" / ARCHIVE_NAME).read_bytes() == data
-
-
-def _unsafe_tar(path: Path, bad: tarfile.TarInfo) -> None:
-    """A tar whose first member is harmless and whose second is ``bad``."""
-    with tarfile.open(path, "w") as tar:
-        good = tarfile.TarInfo("good.txt")
-        good.size = 2
-        tar.addfile(good, io.BytesIO(b"ok"))
-        tar.addfile(bad, io.BytesIO(b"evil") if bad.isfile() else None)
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    info.size = 4 if kind == tarfile.REGTYPE else 0
-    return info
-
-
-@pytest.mark.parametrize(
-    "kind",
-    ["dotdot", "absolute", "symlink", "symlink_inside", "hardlink", "fifo", "zip_dotdot"],
-)
-def test_unsafe_archive_is_refused_and_nothing_written(tmp_path, kind):
-    target = tmp_path / "work" / "target"
-    target.mkdir(parents=True)
-    outside = tmp_path / "work" / "evil"
-    archive = tmp_path / ("bad.zip" if kind == "zip_dotdot" else "bad.tar")
-    member = {
-        "dotdot": "../evil",
-        "absolute": str(outside),
-        "symlink": "link",
-        "symlink_inside": "link",
-        "hardlink": "hard",
-        "fifo": "pipe",
-        "zip_dotdot": "../evil",
-    }[kind]
-    if kind == "zip_dotdot":
-        with zipfile.ZipFile(archive, "w") as zf:
-            zf.writestr("good.txt", b"ok")
-            zf.writestr(member, b"evil")
-    else:
-        bad = {
-            "dotdot": lambda: _member(member),
-            "absolute": lambda: _member(member),
-            "symlink": lambda: _member(member, tarfile.SYMTYPE, str(outside)),
-            "symlink_inside": lambda: _member(member, tarfile.SYMTYPE, "good.txt"),
-            "hardlink": lambda: _member(member, tarfile.LNKTYPE, "../evil"),
-            "fifo": lambda: _member(member, tarfile.FIFOTYPE),
-        }[kind]()
-        _unsafe_tar(archive, bad)
-    with pytest.raises(UnsafeArchiveError, match=repr(member).replace("\\", "\\\\")):
-        safe_extract(archive, target)
-    assert list(target.iterdir()) == []  # not even the harmless first member
-    assert not outside.exists()
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["target"]
-
-
-def test_safe_extract_zip_and_merge_into_existing_folder(tmp_path):
-    archive = tmp_path / "ok.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("top/new.txt", b"new")
-        zf.writestr("top/clash.txt", b"from archive")
-    target = tmp_path / "target"
-    (target / "top").mkdir(parents=True)
-    (target / "top" / "mine.txt").write_bytes(b"user file")
-    (target / "top" / "clash.txt").write_bytes(b"old")
-    paths = safe_extract(archive, target)
-    assert sorted(paths) == sorted([target / "top/new.txt", target / "top/clash.txt"])
-    assert (target / "top" / "new.txt").read_bytes() == b"new"
-    assert (target / "top" / "clash.txt").read_bytes() == b"from archive"
-    assert (target / "top" / "mine.txt").read_bytes() == b"user file"  # merged, not replaced
-    assert sorted(p.name for p in target.iterdir()) == ["top"]  # no staging folder left

@@ -26,7 +26,11 @@ SMALL = {"num_train": 12, "num_val": 8, "image_size": 64, "progress": False}
 
 
 def all_files(voc_dir) -> dict[str, bytes]:
-    return {p.relative_to(voc_dir).as_posix(): p.read_bytes() for p in sorted(voc_dir.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(voc_dir).as_posix(): p.read_bytes()
+        for p in sorted(voc_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +47,19 @@ def test_layout_and_fingerprint(generated):
     assert len([f for f in files if f.startswith("JPEGImages/")]) == 20
     assert len([f for f in files if f.startswith("SegmentationObject/")]) == 20
     assert len([f for f in files if f.startswith("SegmentationClass/")]) == 20
-    splits = {name: files[f"ImageSets/Segmentation/{name}.txt"].decode().split() for name in ("train", "val", "trainval")}
-    assert len(splits["train"]) == 12 and len(splits["val"]) == 8 and splits["trainval"] == splits["train"] + splits["val"]
+    splits = {
+        name: files[f"ImageSets/Segmentation/{name}.txt"].decode().split()
+        for name in ("train", "val", "trainval")
+    }
+    assert (
+        len(splits["train"]) == 12
+        and len(splits["val"]) == 8
+        and splits["trainval"] == splits["train"] + splits["val"]
+    )
     assert files["class_names.txt"].decode().split() == list(SHAPE_CLASSES)
     assert files["fingerprint.txt"].decode().strip() == fingerprint == dataset_fingerprint(voc_dir)
     assert json.loads(files["generation.json"])["seed"] == 0
-    # the fingerprint is sha256 over the sorted data files (metadata excluded), recomputed here by hand
+    # the fingerprint is sha256 over the sorted data files (metadata excluded), recomputed by hand
     digest = hashlib.sha256()
     for name, data in sorted(files.items()):
         if name not in ("fingerprint.txt", "generation.json"):
@@ -64,10 +75,14 @@ def test_layout_and_fingerprint(generated):
 def test_same_seed_gives_identical_files_and_other_seed_differs(generated, tmp_path):
     root, fingerprint = generated
     assert generate_shapes(tmp_path / "again", seed=0, **SMALL) == fingerprint
-    assert all_files(tmp_path / "again" / "VOCdevkit" / "VOC2012") == all_files(root / "VOCdevkit" / "VOC2012")
+    assert all_files(tmp_path / "again" / "VOCdevkit" / "VOC2012") == all_files(
+        root / "VOCdevkit" / "VOC2012"
+    )
     assert generate_shapes(tmp_path / "other", seed=1, **SMALL) != fingerprint
     # image i of a split does not depend on how many images the split has
-    generate_shapes(tmp_path / "fewer", seed=0, num_train=3, num_val=2, image_size=64, progress=False)
+    generate_shapes(
+        tmp_path / "fewer", seed=0, num_train=3, num_val=2, image_size=64, progress=False
+    )
     fewer, full = (all_files(r / "VOCdevkit" / "VOC2012") for r in (tmp_path / "fewer", root))
     for name in ("JPEGImages/train_000002.jpg", "SegmentationObject/val_000001.png"):
         assert fewer[name] == full[name]
@@ -125,7 +140,8 @@ def test_parameter_mismatch_needs_overwrite(tmp_path, generated):
     with pytest.raises(ValueError, match="seed=1.*seed=0.*overwrite=True"):
         generate_shapes(tmp_path, seed=0, **SMALL)
     assert generate_shapes(tmp_path, seed=0, overwrite=True, **SMALL) == fingerprint
-    assert json.loads((tmp_path / "VOCdevkit" / "VOC2012" / "generation.json").read_text())["seed"] == 0
+    generation = tmp_path / "VOCdevkit" / "VOC2012" / "generation.json"
+    assert json.loads(generation.read_text())["seed"] == 0
     assert not list((tmp_path / "VOCdevkit").glob(".*"))
 
 

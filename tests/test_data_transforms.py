@@ -42,7 +42,8 @@ def test_flip_boxes_equal_tight_boxes_of_flipped_masks(seed):
     torch.testing.assert_close(flipped_image, image.flip(-1))
     assert torch.equal(flipped["masks"], target["masks"].flip(-1))
     assert torch.equal(flipped["ignore"], target["ignore"].flip(-1))
-    assert torch.equal(flipped["labels"], target["labels"]) and flipped["image_id"] == target["image_id"]
+    assert torch.equal(flipped["labels"], target["labels"])
+    assert flipped["image_id"] == target["image_id"]
     # flipping twice is the identity, and the input target is untouched
     again_image, again = RandomHorizontalFlip(p=1.0)(flipped_image, flipped)
     assert torch.equal(again_image, image) and torch.equal(again["boxes"], target["boxes"])
@@ -86,14 +87,18 @@ def test_resize_keeps_boxes_close_to_masks(min_size, max_size):
     assert out["masks"].shape[-2:] == new_size and out["ignore"].shape == new_size
     assert out["masks"].dtype == torch.uint8 and out["ignore"].dtype == torch.uint8
     scale_x, scale_y = new_size[1] / image.shape[-1], new_size[0] / image.shape[-2]
-    torch.testing.assert_close(out["boxes"], target["boxes"] * torch.tensor([scale_x, scale_y, scale_x, scale_y]))
+    torch.testing.assert_close(
+        out["boxes"], target["boxes"] * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    )
     # nearest-pixel-centre sampling keeps a full-height edge within half an output pixel of the
-    # scaled box; when shrinking, the one-pixel bump may vanish too, moving x2 by up to its scaled width
+    # scaled box; when shrinking, the one-pixel bump may vanish too, moving x2 by up to its scaled
+    # width
     shrinking = scale_x < 1 or scale_y < 1
     tolerance = 0.5 + (max(scale_x, scale_y) if shrinking else 0.0) + 1e-4
     assert (out["boxes"] - masks_to_boxes(out["masks"])).abs().max() <= tolerance
     # images are resized bilinearly, masks by nearest pixel centre (torch as reference)
-    torch.testing.assert_close(out_image, F.interpolate(image[None], size=new_size, mode="bilinear")[0])
+    bilinear = F.interpolate(image[None], size=new_size, mode="bilinear")[0]
+    torch.testing.assert_close(out_image, bilinear)
     reference = F.interpolate(target["masks"][None].float(), size=new_size, mode="nearest-exact")[0]
     assert torch.equal(out["masks"], reference.to(torch.uint8))
     check_targets([out_image], [out])
@@ -106,7 +111,11 @@ def test_resize_drops_instances_that_vanish():
     masks[1, 70, 70] = 1  # one pixel: gone at 1/10 scale
     target = {"boxes": masks_to_boxes(masks), "labels": torch.tensor([4, 2]), "masks": masks}
     _, out = ResizeShortestSide(10, 10)(image, target)
-    assert out["labels"].tolist() == [4] and out["masks"].shape == (1, 10, 10) and out["boxes"].shape == (1, 4)
+    assert (
+        out["labels"].tolist() == [4]
+        and out["masks"].shape == (1, 10, 10)
+        and out["boxes"].shape == (1, 4)
+    )
 
 
 def test_transforms_accept_targets_without_instances():
@@ -115,7 +124,11 @@ def test_transforms_accept_targets_without_instances():
     pipeline = Compose([ResizeShortestSide(40, 100), RandomHorizontalFlip(p=1.0)])
     out_image, out = pipeline(image, target)
     assert out_image.shape == (3, 40, 60)
-    assert out["boxes"].shape == (0, 4) and out["labels"].shape == (0,) and out["masks"].shape == (0, 40, 60)
+    assert (
+        out["boxes"].shape == (0, 4)
+        and out["labels"].shape == (0,)
+        and out["masks"].shape == (0, 40, 60)
+    )
     assert out["ignore"].shape == (40, 60)
     check_targets([out_image], [out])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
@@ -36,7 +37,11 @@ def assert_target_matches(target, drawn):
     """The loader's target equals what the fixture drew."""
     height, width = drawn.ignore.shape
     assert target["image_id"] == drawn.image_id
-    assert target["masks"].dtype == torch.uint8 and target["masks"].shape == (len(drawn.labels), height, width)
+    assert target["masks"].dtype == torch.uint8 and target["masks"].shape == (
+        len(drawn.labels),
+        height,
+        width,
+    )
     np.testing.assert_array_equal(target["masks"].numpy().astype(bool), drawn.masks)
     assert target["labels"].dtype == torch.int64 and target["labels"].tolist() == drawn.labels
     assert target["boxes"].dtype == torch.float32
@@ -70,14 +75,15 @@ def test_voc_colormap_known_entries():
 
 def test_voc_classes():
     assert len(VOC_CLASSES) == 21 and VOC_CLASSES[0] == "background"
-    assert VOC_CLASSES[1] == "aeroplane" and VOC_CLASSES[15] == "person" and VOC_CLASSES[20] == "tvmonitor"
+    assert [VOC_CLASSES[k] for k in (1, 15, 20)] == ["aeroplane", "person", "tvmonitor"]
 
 
 @pytest.mark.parametrize("split", ["train", "val", "trainval"])
 def test_voc_loader_matches_fixture(voc, split):
     dataset = VOCInstanceSegmentation(voc.root, split=split)
     assert dataset.image_ids == voc.splits[split]
-    assert dataset.root == voc.data_dir.resolve() and dataset.format == "voc" and dataset.split == split
+    assert dataset.root == voc.data_dir.resolve()
+    assert (dataset.format, dataset.split) == ("voc", split)
     assert dataset.class_names == VOC_CLASSES and dataset.num_classes == 20
     for index, image_id in enumerate(dataset.image_ids):
         drawn = voc.images[image_id]
@@ -152,13 +158,17 @@ def test_transforms_are_applied_last(voc):
 
 
 def assert_same_as_torchvision(image, target, ref_image, ref_class) -> None:
-    """Our image and the class map our instances imply equal what torchvision read from the same files."""
+    """Our image and the class map our instances imply equal what torchvision read from the same
+    files."""
     np.testing.assert_array_equal(np.array(ref_class), class_map_of(target))
-    np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), np.array(ref_image) / 255.0, atol=1e-6)
+    ours = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+    np.testing.assert_allclose(ours, np.array(ref_image) / 255.0, atol=1e-6)
 
 
 def test_torchvision_voc_segmentation_reads_the_same_class_maps(voc):
-    reference = torchvision.datasets.VOCSegmentation(voc.root, year="2012", image_set="trainval", download=False)
+    reference = torchvision.datasets.VOCSegmentation(
+        voc.root, year="2012", image_set="trainval", download=False
+    )
     dataset = VOCInstanceSegmentation(voc.root, split="trainval")
     assert len(reference) == len(dataset)
     for index in range(len(dataset)):
@@ -179,7 +189,8 @@ def test_sbd_loader_matches_fixture(sbd, split):
 
 
 def test_sbd_occlusion_and_empty(sbd):
-    dataset = VOCInstanceSegmentation(sbd.data_dir, split="val", format="sbd")  # the dataset folder works too
+    # the dataset folder works too
+    dataset = VOCInstanceSegmentation(sbd.data_dir, split="val", format="sbd")
     empty = dataset.load_target(dataset.image_ids.index("2008_000005"))
     assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 32, 40)
     train = VOCInstanceSegmentation(sbd.root, split="train", format="sbd")
@@ -192,8 +203,8 @@ def test_sbd_occlusion_and_empty(sbd):
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_torchvision_sbdataset_reads_the_same_fixture(sbd, split):
     ours = VOCInstanceSegmentation(sbd.root, split=split, format="sbd")
-    segmentation = torchvision.datasets.SBDataset(sbd.data_dir, image_set=split, mode="segmentation")
-    boundaries = torchvision.datasets.SBDataset(sbd.data_dir, image_set=split, mode="boundaries")
+    reference = partial(torchvision.datasets.SBDataset, sbd.data_dir, image_set=split)
+    segmentation, boundaries = reference(mode="segmentation"), reference(mode="boundaries")
     assert len(segmentation) == len(ours)
     for index in range(len(ours)):
         image, target = ours[index]
@@ -214,7 +225,8 @@ def test_make_mnc_split(tmp_path):
         "mnc_train": sorted(sbd_ids & set(voc.main_splits["train"])),
         "mnc_val": sorted(sbd_ids & set(voc.main_splits["val"])),
     }
-    assert counts == {name: len(ids) for name, ids in expected.items()} == {"mnc_train": 3, "mnc_val": 3}
+    assert counts == {name: len(ids) for name, ids in expected.items()}
+    assert counts == {"mnc_train": 3, "mnc_val": 3}
     for name, ids in expected.items():
         assert (sbd.data_dir / f"{name}.txt").read_text().split() == ids
         dataset = VOCInstanceSegmentation(sbd.root, split=name, format="sbd")
@@ -298,7 +310,8 @@ def test_voc_class_disagreement_warns_and_takes_the_majority(tmp_path):
 
 def test_sbd_class_disagreement_warns_and_uses_categories(tmp_path):
     sbd = build_sbd(tmp_path)
-    write_sbd_mats(sbd.data_dir, sbd.images["2008_000001"], categories=[5])  # bottle, but cls says bird
+    # Categories says bottle (5), but the cls file says bird
+    write_sbd_mats(sbd.data_dir, sbd.images["2008_000001"], categories=[5])
     dataset = VOCInstanceSegmentation(sbd.root, split="train", format="sbd")
     with pytest.warns(AnnotationWarning, match="2008_000001.mat"):
         target = dataset.load_target(0)

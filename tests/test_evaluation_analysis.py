@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_evaluation_sds import CLASSES, pred, rect, synthetic_set, target
+from fakes import CLASSES, pred, rect, synthetic_set, target
 
 from mnc_teach.evaluation.analysis import (
     FP_DUPLICATE,
@@ -38,14 +38,21 @@ def hand_case() -> tuple[list[dict], list[dict]]:
 
 def test_outcomes_by_hand_at_0_7() -> None:
     predictions, ground_truth = hand_case()
-    analysis = analyze_matches(predictions, ground_truth, CLASSES, 0.7)
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.7)
     assert analysis.outcome.tolist() == [TP, FP_DUPLICATE, FP_LOW_IOU, FP_NO_GT, FP_NO_GT]
     assert analysis.best_gt.tolist() == [0, 0, 1, UNMATCHED, UNMATCHED]
     np.testing.assert_allclose(analysis.best_iou, [1.0, 0.9, 0.6, 0.0, 0.0])
     assert [m.tolist() for m in analysis.gt_matched_by] == [[0, UNMATCHED, UNMATCHED], []]
     np.testing.assert_allclose(analysis.gt_best_iou[0], [1.0, 0.6, 0.0])  # C: no square predicted
     assert [m.tolist() for m in analysis.gt_best_pred] == [[0, 2, UNMATCHED], []]
-    assert analysis.counts() == {TP: 1, FP_LOW_IOU: 1, FP_DUPLICATE: 1, FP_NO_GT: 2, "missed GT": 2, "GT": 3}
+    assert analysis.counts() == {
+        TP: 1,
+        FP_LOW_IOU: 1,
+        FP_DUPLICATE: 1,
+        FP_NO_GT: 2,
+        "missed GT": 2,
+        "GT": 3,
+    }
     assert analysis.false_positives().tolist() == [4, 1, 2, 3]  # by score
     assert analysis.missed() == [(0, 1), (0, 2)]  # B (a near miss, 0.6) before C (0.0)
     assert analysis.matched_below(1.01).tolist() == [0]
@@ -53,7 +60,7 @@ def test_outcomes_by_hand_at_0_7() -> None:
 
 def test_outcomes_by_hand_at_0_5() -> None:
     predictions, ground_truth = hand_case()
-    analysis = analyze_matches(predictions, ground_truth, CLASSES, 0.5)
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.5)
     assert analysis.outcome.tolist() == [TP, FP_DUPLICATE, TP, FP_NO_GT, FP_NO_GT]
     assert [m.tolist() for m in analysis.gt_matched_by] == [[0, 2, UNMATCHED], []]
     assert analysis.matched_below(0.7).tolist() == [2]  # matched at 0.5 with IoU 0.6
@@ -63,7 +70,7 @@ def test_outcomes_by_hand_at_0_5() -> None:
 
 def test_no_predictions() -> None:
     _, ground_truth = hand_case()
-    analysis = analyze_matches([], ground_truth, CLASSES, 0.5)
+    analysis = analyze_matches([], ground_truth, CLASSES, iou_threshold=0.5)
     assert len(analysis.outcome) == 0 and analysis.false_positives().tolist() == []
     assert analysis.counts()["missed GT"] == 3
 
@@ -71,7 +78,7 @@ def test_no_predictions() -> None:
 @pytest.mark.parametrize("threshold", [0.5, 0.7])
 def test_agrees_with_evaluate_sds_curves(threshold: float) -> None:
     predictions, ground_truth = synthetic_set()
-    analysis = analyze_matches(predictions, ground_truth, CLASSES, threshold)
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=threshold)
     sds = evaluate_sds(predictions, ground_truth, CLASSES, iou_thresholds=(threshold,))
     for k in range(1, len(CLASSES)):
         dets = np.flatnonzero(analysis.category == k)
@@ -79,34 +86,39 @@ def test_agrees_with_evaluate_sds_curves(threshold: float) -> None:
         tp = analysis.is_tp[ranked]
         recall, precision = sds.curves[threshold][k - 1]
         num_gt = int(sds.num_gt[k - 1])
-        np.testing.assert_array_equal(np.cumsum(tp) / np.maximum(np.arange(1, len(tp) + 1), 1), precision)
+        ranks = np.arange(1, len(tp) + 1)
+        np.testing.assert_array_equal(np.cumsum(tp) / ranks, precision)
         if num_gt:
             np.testing.assert_array_equal(np.cumsum(tp) / num_gt, recall)
     counts = analysis.counts()
     assert sum(counts[o] for o in OUTCOMES) == len(predictions)
     assert counts[TP] + counts["missed GT"] == counts["GT"] == int(sds.num_gt.sum())
     matched = [p for m in analysis.gt_matched_by for p in m.tolist() if p != UNMATCHED]
-    assert sorted(matched) == np.flatnonzero(analysis.is_tp).tolist()  # each TP matches one GT, once
+    # each TP matches one GT, once
+    assert sorted(matched) == np.flatnonzero(analysis.is_tp).tolist()
 
 
 def test_best_ious_equal_mask_iou_on_decoded_masks() -> None:
     predictions, ground_truth = synthetic_set()
-    analysis = analyze_matches(predictions, ground_truth, CLASSES, 0.5)
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.5)
     best_per_gt = [np.zeros(len(t["labels"])) for t in ground_truth]
     for p, entry in enumerate(predictions):
         i = int(analysis.image[p])
         gt = ground_truth[i]
-        ious = mask_iou(torch.from_numpy(decode_mask(entry["segmentation"]))[None], gt["masks"])[0].numpy()
+        mask = torch.from_numpy(decode_mask(entry["segmentation"]))
+        ious = mask_iou(mask[None], gt["masks"])[0].numpy()
         same_class = (gt["labels"] == entry["category_id"]).numpy()
         if same_class.any():
             assert analysis.best_iou[p] == ious[same_class].max()
-            assert ious[analysis.best_gt[p]] == analysis.best_iou[p] and same_class[analysis.best_gt[p]]
+            best_gt = analysis.best_gt[p]
+            assert ious[best_gt] == analysis.best_iou[p] and same_class[best_gt]
             best_per_gt[i][same_class] = np.maximum(best_per_gt[i][same_class], ious[same_class])
         else:
             assert analysis.best_gt[p] == UNMATCHED and analysis.outcome[p] == FP_NO_GT
     for ours, reference in zip(analysis.gt_best_iou, best_per_gt, strict=True):
         np.testing.assert_array_equal(ours, reference)
-    for i, (preds, best) in enumerate(zip(analysis.gt_best_pred, analysis.gt_best_iou, strict=True)):
+    best_of_gt = zip(analysis.gt_best_pred, analysis.gt_best_iou, strict=True)
+    for i, (preds, best) in enumerate(best_of_gt):
         for g, p in enumerate(preds.tolist()):  # the recorded prediction reaches the recorded IoU
             if p == UNMATCHED:
                 assert best[g] == 0
@@ -118,4 +130,5 @@ def test_best_ious_equal_mask_iou_on_decoded_masks() -> None:
 def test_rejects_unknown_image() -> None:
     predictions, ground_truth = hand_case()
     with pytest.raises(ValueError, match="'zzz' is not in the ground truth"):
-        analyze_matches([pred("zzz", 1, rect(0, 5, 0, 5), 0.9)], ground_truth, CLASSES, 0.5)
+        unknown = [pred("zzz", 1, rect(0, 5, 0, 5), 0.9)]
+        analyze_matches(unknown, ground_truth, CLASSES, iou_threshold=0.5)

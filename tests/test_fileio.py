@@ -1,4 +1,5 @@
-"""write_text_atomically: the new text or the old one, never a half-written file or a stray temp file."""
+"""write_text_atomically: the new text or the old one, never a half-written file or a stray
+temporary file."""
 
 from __future__ import annotations
 

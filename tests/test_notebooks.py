@@ -1,4 +1,5 @@
-"""Every course notebook executes headless in fast mode (MNC_FAST=1), and is committed without outputs."""
+"""Every course notebook executes headless in fast mode (MNC_FAST=1), and is committed without
+outputs."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ CELL_TIMEOUT_S = 180  # fast-mode cells take seconds; a stuck kernel fails in mi
 
 @pytest.fixture(scope="module")
 def shared_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data folder for all notebooks, so the shapes dataset is generated once (as for a learner)."""
+    """One data folder for all notebooks, so that the shapes dataset is generated once (as for a
+    learner)."""
     return tmp_path_factory.mktemp("nbdata")
 
 
@@ -31,13 +33,21 @@ def test_course_has_notebooks() -> None:
 def test_notebook_committed_without_outputs(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
-    with_outputs = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code" and (cell.outputs or cell.execution_count)]
-    assert not with_outputs, f"{path.name}: cells {with_outputs} carry outputs; clear them before committing"
+    with_outputs = [
+        i
+        for i, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count)
+    ]
+    assert not with_outputs, (
+        f"{path.name}: cells {with_outputs} carry outputs; clear them before committing"
+    )
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
-def test_notebook_executes_in_fast_mode(path: Path, shared_data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_executes_in_fast_mode(
+    path: Path, shared_data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MNC_FAST", "1")
     monkeypatch.setenv("MNC_DATA_ROOT", str(shared_data_root))
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -54,7 +54,8 @@ def _ellipse(height: int, width: int, cx: float, cy: float, rx: float, ry: float
 
 
 def _border(label_map: np.ndarray) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another label, and those neighbours: a 2 px band."""
+    """Pixels whose right or lower neighbour has another label, and those neighbours: a 2 px
+    band."""
     band = np.zeros(label_map.shape, dtype=bool)
     right = label_map[:, 1:] != label_map[:, :-1]
     down = label_map[1:, :] != label_map[:-1, :]
@@ -117,11 +118,21 @@ def voc_scenes() -> list[DrawnImage]:
     h, w = 36, 50
     person, dog, cat, car, chair = 15, 12, 8, 7, 9
     return [
-        draw("2008_000001", (h, w), [(person, _rect(h, w, 4, 5, 18, 30)), (dog, _ellipse(h, w, 35, 20, 10, 7))], 1, True),
+        draw(
+            "2008_000001",
+            (h, w),
+            [(person, _rect(h, w, 4, 5, 18, 30)), (dog, _ellipse(h, w, 35, 20, 10, 7))],
+            1,
+            True,
+        ),
         draw(  # a wide cat cut in two by a car drawn over it, then a second, separate car
             "2008_000002",
             (40, 44),
-            [(cat, _rect(40, 44, 3, 8, 40, 22)), (car, _rect(40, 44, 15, 2, 24, 30)), (car, _rect(40, 44, 5, 31, 30, 38))],
+            [
+                (cat, _rect(40, 44, 3, 8, 40, 22)),
+                (car, _rect(40, 44, 15, 2, 24, 30)),
+                (car, _rect(40, 44, 5, 31, 30, 38)),
+            ],
             2,
             True,
         ),
@@ -129,11 +140,15 @@ def voc_scenes() -> list[DrawnImage]:
         draw(  # instance 2 is a 1-px line: entirely void, so the loader must skip it
             "2008_000004",
             (h, w),
-            [(chair, _rect(h, w, 2, 2, 20, 20)), (dog, _rect(h, w, 30, 5, 31, 30)), (person, _rect(h, w, 35, 10, 48, 34))],
+            [
+                (chair, _rect(h, w, 2, 2, 20, 20)),
+                (dog, _rect(h, w, 30, 5, 31, 30)),
+                (person, _rect(h, w, 35, 10, 48, 34)),
+            ],
             4,
             True,
         ),
-    ]  # fmt: skip
+    ]
 
 
 def _save_palette_png(array: np.ndarray, path: Path, palette: list[int]) -> None:
@@ -148,7 +163,8 @@ def _write_lines(path: Path, ids: list[str]) -> None:
 
 
 def build_voc(tmp_path: Path) -> FixtureTree:
-    """``tmp_path/voc/VOCdevkit/VOC2012`` with JPEGImages, palette PNGs, ImageSets/{Segmentation,Main}."""
+    """``tmp_path/voc/VOCdevkit/VOC2012`` with JPEGImages, palette PNGs and
+    ImageSets/{Segmentation,Main}."""
     root = tmp_path / "voc"
     voc_dir = root / "VOCdevkit" / "VOC2012"
     for folder in ("JPEGImages", "SegmentationObject", "SegmentationClass", "Annotations"):
@@ -163,9 +179,11 @@ def build_voc(tmp_path: Path) -> FixtureTree:
         palette += rgb
     images = {}
     for drawn in voc_scenes():
-        Image.fromarray(drawn.pixels).save(voc_dir / "JPEGImages" / f"{drawn.image_id}.jpg", quality=100)
-        _save_palette_png(drawn.instance_map, voc_dir / "SegmentationObject" / f"{drawn.image_id}.png", palette)
-        _save_palette_png(drawn.class_map, voc_dir / "SegmentationClass" / f"{drawn.image_id}.png", palette)
+        name = drawn.image_id
+        Image.fromarray(drawn.pixels).save(voc_dir / "JPEGImages" / f"{name}.jpg", quality=100)
+        object_png = voc_dir / "SegmentationObject" / f"{name}.png"
+        _save_palette_png(drawn.instance_map, object_png, palette)
+        _save_palette_png(drawn.class_map, voc_dir / "SegmentationClass" / f"{name}.png", palette)
         images[drawn.image_id] = drawn
     splits = {"train": ["2008_000001", "2008_000002"], "val": ["2008_000003", "2008_000004"]}
     splits["trainval"] = splits["train"] + splits["val"]
@@ -178,7 +196,9 @@ def build_voc(tmp_path: Path) -> FixtureTree:
         _write_lines(voc_dir / "ImageSets" / "Segmentation" / f"{name}.txt", ids)
     for name, ids in main_splits.items():
         _write_lines(voc_dir / "ImageSets" / "Main" / f"{name}.txt", ids)
-    return FixtureTree(root=root, data_dir=voc_dir, images=images, splits=splits, main_splits=main_splits)
+    return FixtureTree(
+        root=root, data_dir=voc_dir, images=images, splits=splits, main_splits=main_splits
+    )
 
 
 def sbd_scenes() -> list[DrawnImage]:
@@ -187,13 +207,34 @@ def sbd_scenes() -> list[DrawnImage]:
     bird, boat, bus, horse, sheep, tv = 3, 4, 6, 13, 17, 20
     return [
         draw("2008_000001", (h, w), [(bird, _ellipse(h, w, 12, 14, 8, 6))], 11, False),
-        draw("2008_000002", (h, w), [(boat, _rect(h, w, 2, 4, 30, 20)), (horse, _rect(h, w, 10, 10, 38, 30))], 12, False),
-        draw("2008_000003", (28, 36), [(sheep, _rect(28, 36, 1, 1, 10, 10)), (sheep, _rect(28, 36, 12, 3, 30, 25)),
-                                       (tv, _ellipse(28, 36, 20, 14, 5, 5))], 13, False),
+        draw(
+            "2008_000002",
+            (h, w),
+            [(boat, _rect(h, w, 2, 4, 30, 20)), (horse, _rect(h, w, 10, 10, 38, 30))],
+            12,
+            False,
+        ),
+        draw(
+            "2008_000003",
+            (28, 36),
+            [
+                (sheep, _rect(28, 36, 1, 1, 10, 10)),
+                (sheep, _rect(28, 36, 12, 3, 30, 25)),
+                (tv, _ellipse(28, 36, 20, 14, 5, 5)),
+            ],
+            13,
+            False,
+        ),
         draw("2008_000004", (h, w), [(bus, _rect(h, w, 0, 0, 40, 12))], 14, False),
         draw("2008_000005", (h, w), [], 15, False),
-        draw("2008_000006", (h, w), [(tv, _rect(h, w, 5, 5, 15, 15)), (bird, _ellipse(h, w, 28, 20, 7, 9))], 16, False),
-    ]  # fmt: skip
+        draw(
+            "2008_000006",
+            (h, w),
+            [(tv, _rect(h, w, 5, 5, 15, 15)), (bird, _ellipse(h, w, 28, 20, 7, 9))],
+            16,
+            False,
+        ),
+    ]
 
 
 def _boundary_cell(masks: list[np.ndarray]) -> np.ndarray:
@@ -213,7 +254,9 @@ def write_sbd_mats(data_dir: Path, drawn: DrawnImage, categories: list[int] | No
     """Write ``inst/<id>.mat`` (GTinst) and ``cls/<id>.mat`` (GTcls) as MATLAB structs."""
     num_instances = int(drawn.instance_map.max())
     if categories is None:  # class of instance k = the class painted under it
-        categories = [int(drawn.class_map[drawn.instance_map == k][0]) for k in range(1, num_instances + 1)]
+        categories = [
+            int(drawn.class_map[drawn.instance_map == k][0]) for k in range(1, num_instances + 1)
+        ]
     inst_masks = [drawn.instance_map == k for k in range(1, num_instances + 1)]
     class_masks = [drawn.class_map == c for c in range(1, NUM_VOC_FOREGROUND + 1)]
     gt_inst = {

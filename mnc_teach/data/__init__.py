@@ -1,6 +1,7 @@
 """Datasets and transforms: synthetic shapes (VOC layout), PASCAL VOC 2012 and SBD.
 
-``download.py`` (fetching VOC 2012 / SBD) is imported on its own: ``from mnc_teach.data import download``.
+``download.py`` (fetching VOC 2012 / SBD) and ``extract.py`` (safe archive extraction) are
+imported on their own: ``from mnc_teach.data import download``.
 """
 
 from mnc_teach.data.shapes import SHAPE_CLASSES, dataset_fingerprint, generate_shapes

@@ -29,8 +29,11 @@ from tqdm.auto import tqdm
 from mnc_teach.data.extract import UnsafeArchiveError, safe_extract
 from mnc_teach.fileio import write_text_atomically
 
-__all__ = ["Resource", "RESOURCES", "MIRROR_ENV_VAR", "DownloadError", "ChecksumError"]
-__all__ += ["UnsafeArchiveError", "download_file", "safe_extract", "download_dataset"]  # the first two: extract.py
+__all__ = [
+    "MIRROR_ENV_VAR", "RESOURCES", "ChecksumError", "DownloadError", "Resource",
+    "UnsafeArchiveError",  # from extract.py: download_dataset raises it for an unsafe archive
+    "download_dataset", "download_file",
+]
 
 MIRROR_ENV_VAR = "MNC_TEACH_MIRROR"  # base URL of a mirror; the archive's file name is appended
 PART_SUFFIX = ".part"  # an unfinished download, resumed by the next run
@@ -108,7 +111,7 @@ def _manual_hint(url: str, dest: Path) -> str:
     )
 
 
-def _offline_error(url: str, dest: Path, part: Path, reason: object) -> DownloadError:
+def _offline_error(url: str, dest: Path, *, part: Path, reason: object) -> DownloadError:
     kept = (
         f"The partial download ({_human_size(part.stat().st_size)}) is kept at {part}; "
         "re-running resumes it. "
@@ -130,7 +133,8 @@ def _total_from_content_range(header: str | None) -> int | None:
 
 
 def _set_aside(bad: Path, name: Path) -> Path:
-    """Move a file with a wrong checksum to ``<name>.corrupt`` (kept for inspection); return that path."""
+    """Move a file with a wrong checksum to ``<name>.corrupt`` (kept for inspection); return
+    that path."""
     corrupt = name.with_suffix(name.suffix + CORRUPT_SUFFIX)
     os.replace(bad, corrupt)
     return corrupt
@@ -155,6 +159,7 @@ def _finish(part: Path, dest: Path, md5: str | None) -> Path:
 def download_file(
     url: str,
     dest: Path,
+    *,
     md5: str | None = None,
     progress: bool = True,
     chunk_size: int = 1 << 20,
@@ -190,13 +195,15 @@ def download_file(
             if complete:
                 return _finish(part, dest, md5=None)  # already verified just above
             part.unlink()  # a stale or oversized .part: start again from byte zero
-            return download_file(url, dest, md5, progress, chunk_size, timeout)
+            return download_file(
+                url, dest, md5=md5, progress=progress, chunk_size=chunk_size, timeout=timeout
+            )
         raise DownloadError(
             f"The server answered HTTP {err.code} ({err.reason}) for {url}. Check the URL "
             f"or try a mirror. {_manual_hint(url, dest)}"
         ) from err
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        raise _offline_error(url, dest, part, getattr(err, "reason", err)) from err
+        raise _offline_error(url, dest, part=part, reason=getattr(err, "reason", err)) from err
 
     with response:
         length = response.headers.get("Content-Length")
@@ -231,16 +238,17 @@ def download_file(
                     written += len(chunk)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as err:
-                raise _offline_error(url, dest, part, f"connection lost ({err!r})") from err
+                reason = f"connection lost ({err!r})"
+                raise _offline_error(url, dest, part=part, reason=reason) from err
     if expected_end is not None and written < expected_end:
-        raise _offline_error(
-            url, dest, part, f"the connection closed after {written} of {expected_end} bytes"
-        )
+        reason = f"the connection closed after {written} of {expected_end} bytes"
+        raise _offline_error(url, dest, part=part, reason=reason)
     return _finish(part, dest, md5)
 
 
 def _resolve_url(resource: Resource, url: str | None) -> str:
-    """``url`` argument (full URL, or a base ending in "/"), else the mirror env var, else official."""
+    """The ``url`` argument (a full URL, or a base ending in "/"), else the mirror environment
+    variable, else the official URL."""
     if url:
         return url + resource.filename if url.endswith("/") else url
     mirror = os.environ.get(MIRROR_ENV_VAR)
@@ -252,6 +260,7 @@ def _resolve_url(resource: Resource, url: str | None) -> str:
 def download_dataset(
     name: str,
     root: Path,
+    *,
     url: str | None = None,
     progress: bool = True,
     keep_archive: bool = True,

@@ -50,7 +50,7 @@ CIRCLE_RADIUS = (0.09, 0.22)  # fraction of the image side
 SQUARE_HALF_SIDE = (0.09, 0.2)
 TRIANGLE_RADIUS = (0.13, 0.28)  # circumradius of the equilateral triangle
 CENTER_RANGE = (0.1, 0.9)  # shape centres, fraction of the image side
-MIN_COLOR_DISTANCE = 80.0  # RGB distance between a shape and the mean background colour (0-255 scale)
+MIN_COLOR_DISTANCE = 80.0  # RGB distance of a shape to the mean background colour (0-255 scale)
 NOISE_STD = 6.0  # Gaussian pixel noise over the whole image (0-255 scale)
 JPEG_QUALITY = 95  # fixed, so files are reproducible
 SPLIT_CODES = {"train": 0, "val": 1}  # part of each image's seed
@@ -60,7 +60,8 @@ GENERATION_FILE = "generation.json"  # written last: its presence marks a comple
 
 @functools.lru_cache(maxsize=4)
 def _pixel_centers(image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(xs, ys)``, each ``np.ndarray[S, S]`` float32: the continuous coordinates of pixel centres."""
+    """``(xs, ys)``, each ``np.ndarray[S, S]`` float32: the continuous coordinates of pixel
+    centres."""
     coords = np.arange(image_size, dtype=np.float32) + 0.5
     xs, ys = np.meshgrid(coords, coords, indexing="xy")
     xs.flags.writeable = ys.flags.writeable = False  # shared by every call
@@ -76,7 +77,9 @@ def _background(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, 
     xs, ys = _pixel_centers(image_size)
     colors = rng.uniform(0, 255, size=(2, 3))
     angle = rng.uniform(0, 2 * np.pi)
-    along = ((xs - image_size / 2) * np.cos(angle) + (ys - image_size / 2) * np.sin(angle)) / image_size + 0.5
+    along = (
+        (xs - image_size / 2) * np.cos(angle) + (ys - image_size / 2) * np.sin(angle)
+    ) / image_size + 0.5
     along = np.clip(along, 0, 1)[..., None]  # (S, S) -> (S, S, 1)
     image = (colors[0] + along * (colors[1] - colors[0])).astype(np.float32)  # (S, S, 3)
     if rng.random() < 0.5:
@@ -88,7 +91,8 @@ def _background(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, 
 
 
 def _shape_mask(rng: np.random.Generator, label: int, image_size: int) -> np.ndarray:
-    """Rasterise one random shape of class ``label``: ``np.ndarray[S, S]`` bool (pixel centres inside)."""
+    """Rasterise one random shape of class ``label``: ``np.ndarray[S, S]`` bool (the pixels whose
+    centre is inside)."""
     xs, ys = _pixel_centers(image_size)
     cx, cy = rng.uniform(*CENTER_RANGE, size=2) * image_size
     if SHAPE_CLASSES[label] == "circle":
@@ -99,7 +103,8 @@ def _shape_mask(rng: np.random.Generator, label: int, image_size: int) -> np.nda
     else:
         num_corners, radius = 3, rng.uniform(*TRIANGLE_RADIUS) * image_size
     angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(num_corners) / num_corners
-    corners = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)  # (C, 2)
+    corner_xs, corner_ys = cx + radius * np.cos(angles), cy + radius * np.sin(angles)  # (C,) each
+    corners = np.stack([corner_xs, corner_ys], axis=1)  # (C, 2)
     inside = np.ones((image_size, image_size), dtype=bool)
     for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
         # corners run counter-clockwise in (x, y): the inside is left of every edge
@@ -108,7 +113,8 @@ def _shape_mask(rng: np.random.Generator, label: int, image_size: int) -> np.nda
 
 
 def _void_band(label_map: np.ndarray) -> np.ndarray:
-    """``np.ndarray[S, S]`` bool: pixels with a different label within ``VOID_RADIUS`` (image border excluded)."""
+    """``np.ndarray[S, S]`` bool: pixels with a different label within ``VOID_RADIUS`` (the
+    image border excluded)."""
     padded = np.pad(label_map, VOID_RADIUS, mode="edge")
     height, width = label_map.shape
     lowest, highest = label_map.copy(), label_map.copy()
@@ -120,14 +126,17 @@ def _void_band(label_map: np.ndarray) -> np.ndarray:
 
 
 def _label_map(full_masks: list[np.ndarray]) -> np.ndarray:
-    """Paint masks in order (later ones on top): ``np.ndarray[S, S]`` uint8, 0 = background, k = mask k-1."""
+    """Paint masks in order (later ones on top): ``np.ndarray[S, S]`` uint8, 0 = background,
+    k = mask k-1."""
     label_map = np.zeros(full_masks[0].shape, dtype=np.uint8)
     for instance_id, mask in enumerate(full_masks, start=1):
         label_map[mask] = instance_id
     return label_map
 
 
-def render_scene(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_scene(
+    rng: np.random.Generator, image_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one image and its two VOC annotations.
 
     Returns:
@@ -191,14 +200,19 @@ def dataset_fingerprint(voc_dir: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _write_split(voc_dir: Path, split: str, count: int, seed: int, image_size: int, bar: tqdm) -> list[str]:
+def _write_split(
+    voc_dir: Path, split: str, *, count: int, seed: int, image_size: int, bar: tqdm
+) -> list[str]:
+    """Render and write the ``count`` images of ``split``; return their ids."""
     palette = voc_colormap().reshape(-1).tolist()  # (256, 3) -> 768 ints
     image_ids = [f"{split}_{index:06d}" for index in range(count)]
     for index, image_id in enumerate(image_ids):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
         image, instance_map, class_map = render_scene(rng, image_size)
-        Image.fromarray(image).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=JPEG_QUALITY)
-        for folder, indices in (("SegmentationObject", instance_map), ("SegmentationClass", class_map)):
+        jpeg_path = voc_dir / "JPEGImages" / f"{image_id}.jpg"
+        Image.fromarray(image).save(jpeg_path, quality=JPEG_QUALITY)
+        label_maps = (("SegmentationObject", instance_map), ("SegmentationClass", class_map))
+        for folder, indices in label_maps:
             png = Image.fromarray(indices)  # mode "L" ...
             png.putpalette(palette)  # ... becomes a palette ("P") PNG, as in VOC
             png.save(voc_dir / folder / f"{image_id}.png")
@@ -208,6 +222,7 @@ def _write_split(voc_dir: Path, split: str, count: int, seed: int, image_size: i
 
 def generate_shapes(
     root: str | os.PathLike,
+    *,
     seed: int = 0,
     num_train: int = 1000,
     num_val: int = 200,
@@ -233,53 +248,78 @@ def generate_shapes(
         The sha256 hex fingerprint (also in ``fingerprint.txt``), see :func:`dataset_fingerprint`.
 
     Raises:
-        ValueError: the folder holds a shapes dataset with other parameters and ``overwrite`` is False.
+        ValueError: the folder holds a shapes dataset with other parameters and ``overwrite``
+            is False.
         FileExistsError: the folder exists but was not written by this function (e.g. real VOC).
     """
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
-        raise ValueError(f"need num_train, num_val >= 0 and at least one image, got {num_train}, {num_val}")
+        raise ValueError(
+            f"need num_train, num_val >= 0 and at least one image, got {num_train}, {num_val}"
+        )
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     voc_dir = Path(root).expanduser() / "VOCdevkit" / "VOC2012"
-    params = {"generator": __name__, "version": GENERATOR_VERSION, "seed": int(seed),
-              "num_train": int(num_train), "num_val": int(num_val), "image_size": int(image_size)}  # fmt: skip
+    params = {
+        "generator": __name__, "version": GENERATOR_VERSION, "seed": int(seed),
+        "num_train": int(num_train), "num_val": int(num_val), "image_size": int(image_size),
+    }
     if voc_dir.exists():
-        stored = _read_generation(voc_dir)
-        if stored != params and not overwrite:
-            differing = sorted(key for key in params.keys() | stored.keys() if stored.get(key) != params.get(key))
-            had = ", ".join(f"{key}={stored.get(key)}" for key in differing)
-            asked = ", ".join(f"{key}={params.get(key)}" for key in differing)
-            raise ValueError(
-                f"{voc_dir} holds a shapes dataset made with {had}, but you asked for {asked}. "
-                "Pass overwrite=True (command line: --overwrite) to replace it, or choose another root."
-            )
-        if stored == params:
-            fingerprint_file = voc_dir / "fingerprint.txt"
-            stored_fingerprint = fingerprint_file.read_text().strip() if fingerprint_file.is_file() else ""
-            if stored_fingerprint and dataset_fingerprint(voc_dir) == stored_fingerprint:
-                return stored_fingerprint
-            warnings.warn(f"{voc_dir} does not match its fingerprint.txt (files changed or missing); regenerating", stacklevel=2)
+        intact_fingerprint = _existing_dataset(voc_dir, params, overwrite=overwrite)
+        if intact_fingerprint is not None:
+            return intact_fingerprint
 
-    tmp_dir = voc_dir.with_name(f".{voc_dir.name}.partial")  # hidden, removed if left by an interrupted run
+    # hidden; one left by an interrupted run is removed
+    tmp_dir = voc_dir.with_name(f".{voc_dir.name}.partial")
     old_dir = voc_dir.with_name(f".{voc_dir.name}.old")
     for leftover in (tmp_dir, old_dir):
         shutil.rmtree(leftover, ignore_errors=True)
-    for folder in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+    folders = ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation")
+    for folder in folders:
         (tmp_dir / folder).mkdir(parents=True)
     with tqdm(total=num_train + num_val, desc="shapes", unit="img", disable=not progress) as bar:
-        train_ids = _write_split(tmp_dir, "train", num_train, seed, image_size, bar)
-        val_ids = _write_split(tmp_dir, "val", num_val, seed, image_size, bar)
+        kwargs = {"seed": seed, "image_size": image_size, "bar": bar}
+        train_ids = _write_split(tmp_dir, "train", count=num_train, **kwargs)
+        val_ids = _write_split(tmp_dir, "val", count=num_val, **kwargs)
     for split, ids in (("train", train_ids), ("val", val_ids), ("trainval", train_ids + val_ids)):
-        (tmp_dir / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        split_file = tmp_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
+        split_file.write_text("".join(f"{i}\n" for i in ids))
     (tmp_dir / "class_names.txt").write_text("".join(f"{name}\n" for name in SHAPE_CLASSES))
     fingerprint = dataset_fingerprint(tmp_dir)
     (tmp_dir / "fingerprint.txt").write_text(fingerprint + "\n")
     (tmp_dir / GENERATION_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-    if voc_dir.exists():  # ours (checked above): move it aside first, so no moment has a half-deleted dataset
+    if voc_dir.exists():  # ours (checked above): moved aside first, never half-deleted
         os.replace(voc_dir, old_dir)
     os.replace(tmp_dir, voc_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
     return fingerprint
+
+
+def _existing_dataset(voc_dir: Path, params: dict, *, overwrite: bool) -> str | None:
+    """The fingerprint of the intact shapes dataset made with ``params`` in ``voc_dir``; None
+    when it must be (re)generated. Raises when the folder holds something else."""
+    stored = _read_generation(voc_dir)
+    if stored != params and not overwrite:
+        differing = sorted(
+            key for key in params.keys() | stored.keys() if stored.get(key) != params.get(key)
+        )
+        had = ", ".join(f"{key}={stored.get(key)}" for key in differing)
+        asked = ", ".join(f"{key}={params.get(key)}" for key in differing)
+        raise ValueError(
+            f"{voc_dir} holds a shapes dataset made with {had}, but you asked for {asked}. "
+            "Pass overwrite=True (command line: --overwrite) to replace it, or choose another "
+            "root."
+        )
+    if stored != params:
+        return None  # overwrite
+    fingerprint_file = voc_dir / "fingerprint.txt"
+    stored_fingerprint = fingerprint_file.read_text().strip() if fingerprint_file.is_file() else ""
+    if stored_fingerprint and dataset_fingerprint(voc_dir) == stored_fingerprint:
+        return stored_fingerprint
+    warnings.warn(
+        f"{voc_dir} does not match its fingerprint.txt (files changed or missing); regenerating",
+        stacklevel=3,
+    )
+    return None
 
 
 def _read_generation(voc_dir: Path) -> dict:
@@ -291,8 +331,9 @@ def _read_generation(voc_dir: Path) -> dict:
         stored = None
     if not isinstance(stored, dict) or stored.get("generator") != __name__:
         raise FileExistsError(
-            f"{voc_dir} exists but has no valid {GENERATION_FILE} from generate_shapes, so it is not a "
-            "shapes dataset (it may be a real VOC 2012 download, which is never overwritten). "
-            "Choose another root, or delete that folder yourself if it is a broken shapes dataset."
+            f"{voc_dir} exists but has no valid {GENERATION_FILE} from generate_shapes, so it is "
+            "not a shapes dataset (it may be a real VOC 2012 download, which is never "
+            "overwritten). Choose another root, or delete that folder yourself if it is a broken "
+            "shapes dataset."
         )
     return stored

@@ -40,11 +40,13 @@ def _resize_nearest(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize ``Tensor[C, H, W]`` label maps to ``Tensor[C, h, w]`` by nearest pixel centre."""
     if maps.shape[0] == 0:
         return maps.new_zeros((0, *size))
-    return F.interpolate(maps[None], size=size, mode="nearest-exact")[0]  # (1, C, H, W) -> (C, h, w)
+    resized = F.interpolate(maps[None], size=size, mode="nearest-exact")  # (1, C, h, w)
+    return resized[0]
 
 
 class ResizeShortestSide:
-    """Scale the image so its short side is ``min_size``, unless the long side would exceed ``max_size``.
+    """Scale the image so its short side is ``min_size``, unless the long side would then exceed
+    ``max_size``.
 
     Like MNC's ``prep_im_for_blob`` (``MNC/lib/utils/blob.py``): one scale for both axes,
     ``min_size / short side``, reduced to ``max_size / long side`` when the long side
@@ -76,10 +78,12 @@ class ResizeShortestSide:
         target = dict(target)
         if size == (height, width):
             return image, target
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]  # (3, h, w)
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        image = image[0]  # (1, 3, h, w) -> (3, h, w)
         if "boxes" in target:
             scale_x, scale_y = size[1] / width, size[0] / height
-            target["boxes"] = target["boxes"] * target["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
+            scale = target["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
+            target["boxes"] = target["boxes"] * scale
         if "ignore" in target:
             target["ignore"] = _resize_nearest(target["ignore"][None], size)[0]
         if "masks" in target:

@@ -35,14 +35,16 @@ from mnc_teach.boxes import masks_to_boxes
 from mnc_teach.fileio import write_text_atomically
 from mnc_teach.structures import Target
 
-__all__ = ["VOC_CLASSES", "AnnotationWarning", "VOCInstanceSegmentation", "find_sbd_dir", "find_voc_dir"]
-__all__ += ["make_mnc_split", "read_image", "voc_colormap"]
+__all__ = [
+    "VOC_CLASSES", "VOID", "AnnotationWarning", "VOCInstanceSegmentation", "find_sbd_dir",
+    "find_voc_dir", "make_mnc_split", "read_image", "voc_colormap",
+]
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
     "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+)
 BACKGROUND = 0
 VOID = 255  # VOC's "void" index in both segmentation PNGs (MNC_SPEC §11)
 FORMATS = ("voc", "sbd")
@@ -76,14 +78,16 @@ def voc_colormap(num_colors: int = 256) -> np.ndarray:
 
 
 def find_voc_dir(root: str | os.PathLike) -> Path:
-    """The ``VOC2012`` folder under ``root`` (``root/VOCdevkit/VOC2012``, ``root/VOC2012`` or ``root``)."""
+    """The ``VOC2012`` folder under ``root``: ``root/VOCdevkit/VOC2012``, ``root/VOC2012`` or
+    ``root`` itself."""
     root = Path(root).expanduser()
     for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
         if (candidate / "JPEGImages").is_dir():
             return candidate.resolve()
     raise FileNotFoundError(
-        f"no PASCAL VOC 2012 folder under {root}: expected {root / 'VOCdevkit' / 'VOC2012'} (or the "
-        "VOC2012 folder itself) holding JPEGImages/, SegmentationObject/, SegmentationClass/ and "
+        f"no PASCAL VOC 2012 folder under {root}: expected {root / 'VOCdevkit' / 'VOC2012'} "
+        "(or the VOC2012 folder itself) holding JPEGImages/, SegmentationObject/, "
+        "SegmentationClass/ and "
         f"ImageSets/. Download it with `{_GET_VOC.format(root=root)}`, or generate the synthetic "
         f"shapes dataset with `{_GET_SHAPES.format(root=root)}`."
     )
@@ -99,9 +103,9 @@ def find_sbd_dir(root: str | os.PathLike) -> Path:
         if (candidate / "inst").is_dir():
             return candidate.resolve()
     raise FileNotFoundError(
-        f"no SBD folder under {root}: expected {root / 'benchmark_RELEASE' / 'dataset'} (or that "
-        f"dataset folder itself) holding img/, inst/, cls/, train.txt and val.txt. Download it with "
-        f"`{_GET_SBD.format(root=root)}`."
+        f"no SBD folder under {root}: expected {root / 'benchmark_RELEASE' / 'dataset'} (or "
+        "that dataset folder itself) holding img/, inst/, cls/, train.txt and val.txt. "
+        f"Download it with `{_GET_SBD.format(root=root)}`."
     )
 
 
@@ -111,9 +115,13 @@ def read_image(path: Path) -> Tensor:
         with Image.open(path) as image:
             array = np.array(image.convert("RGB"))  # (H, W, 3) uint8
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} is missing; re-download or regenerate the dataset") from None
+        raise FileNotFoundError(
+            f"image {path} is missing; re-download or regenerate the dataset"
+        ) from None
     except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"cannot decode image {path} ({err}); the file is corrupt or truncated") from err
+        raise ValueError(
+            f"cannot decode image {path} ({err}); the file is corrupt or truncated"
+        ) from err
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)  # (H, W, 3) -> (3, H, W)
 
 
@@ -123,18 +131,23 @@ def _read_label_png(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             if image.mode not in ("P", "L"):
                 raise ValueError(
-                    f"{path} is a mode-{image.mode!r} PNG; expected a palette ('P') PNG whose pixel "
-                    "values are class or instance indices (do not convert VOC PNGs to RGB)"
+                    f"{path} is a mode-{image.mode!r} PNG; expected a palette ('P') PNG whose "
+                    "pixel values are class or instance indices (do not convert VOC PNGs to RGB)"
                 )
             return np.array(image)
     except FileNotFoundError:
-        raise FileNotFoundError(f"annotation {path} is missing; re-download or regenerate the dataset") from None
+        raise FileNotFoundError(
+            f"annotation {path} is missing; re-download or regenerate the dataset"
+        ) from None
     except (OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read annotation {path} ({err}); the file is corrupt or truncated") from err
+        raise ValueError(
+            f"cannot read annotation {path} ({err}); the file is corrupt or truncated"
+        ) from err
 
 
 def _read_mat_struct(path: Path, name: str) -> dict[str, np.ndarray]:
-    """Fields of the MATLAB struct ``name`` in an SBD .mat file (``loadmat(f)[name][0, 0]``, MNC_SPEC §11)."""
+    """Fields of the MATLAB struct ``name`` in an SBD .mat file (``loadmat(f)[name][0, 0]``,
+    MNC_SPEC §11)."""
     from scipy.io import loadmat
 
     if not path.is_file():
@@ -143,13 +156,18 @@ def _read_mat_struct(path: Path, name: str) -> dict[str, np.ndarray]:
         struct = loadmat(path)[name][0, 0]
         return {field: struct[field] for field in struct.dtype.names}
     except KeyError:
-        raise ValueError(f"{path} has no MATLAB struct {name!r}; is it an SBD {name} file?") from None
-    except Exception as err:  # scipy raises several types (MatReadError, ValueError, TypeError, ...)
-        raise ValueError(f"cannot read annotation {path} ({err}); the file is corrupt or truncated") from err
+        raise ValueError(
+            f"{path} has no MATLAB struct {name!r}; is it an SBD {name} file?"
+        ) from None
+    except Exception as err:  # scipy raises several types (MatReadError, ValueError, ...)
+        raise ValueError(
+            f"cannot read annotation {path} ({err}); the file is corrupt or truncated"
+        ) from err
 
 
 def _read_id_list(path: Path) -> list[str]:
-    """Image ids of a split file, one per line (first token, so VOC ``<id> <flag>`` lines work too)."""
+    """Image ids of a split file, one per line (the first token, so that VOC's ``<id> <flag>``
+    lines work too)."""
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -159,7 +177,9 @@ def _read_class_names(folder: Path) -> tuple[str, ...]:
         return VOC_CLASSES
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not names or names[0] != "background":
-        raise ValueError(f"{path} must list one class per line starting with 'background', got {names[:3]}")
+        raise ValueError(
+            f"{path} must list one class per line starting with 'background', got {names[:3]}"
+        )
     return names
 
 
@@ -185,6 +205,7 @@ class VOCInstanceSegmentation(Dataset):
     def __init__(
         self,
         root: str | os.PathLike,
+        *,
         split: str = "train",
         format: str = "voc",
         transforms: Callable[[Tensor, Target], tuple[Tensor, Target]] | None = None,
@@ -197,7 +218,9 @@ class VOCInstanceSegmentation(Dataset):
         self.transforms = transforms
         if format == "voc":
             self.root = find_voc_dir(root)
-            required = ("JPEGImages", "SegmentationObject", "SegmentationClass", "ImageSets/Segmentation")
+            required = (
+                "JPEGImages", "SegmentationObject", "SegmentationClass", "ImageSets/Segmentation"
+            )
             split_dir, how = self.root / "ImageSets" / "Segmentation", _GET_VOC
         else:
             self.root = find_sbd_dir(root)
@@ -206,12 +229,17 @@ class VOCInstanceSegmentation(Dataset):
         for sub in required:
             if not (self.root / sub).is_dir():
                 raise FileNotFoundError(
-                    f"{self.root / sub} is missing; the dataset is incomplete. Get it with `{how.format(root=root)}`."
+                    f"{self.root / sub} is missing; the dataset is incomplete. "
+                    f"Get it with `{how.format(root=root)}`."
                 )
         self.image_ids = self._read_split(split_dir)
-        self.class_names = tuple(class_names) if class_names is not None else _read_class_names(self.root)
+        if class_names is None:
+            class_names = _read_class_names(self.root)
+        self.class_names = tuple(class_names)
         if self.class_names[0] != "background":
-            raise ValueError(f"class_names must start with 'background', got {self.class_names[:3]}")
+            raise ValueError(
+                f"class_names must start with 'background', got {self.class_names[:3]}"
+            )
         self.num_classes = len(self.class_names) - 1
 
     def _read_split(self, split_dir: Path) -> list[str]:
@@ -220,15 +248,17 @@ class VOCInstanceSegmentation(Dataset):
             return _read_id_list(split_file)
         if self.format == "sbd" and self.split in MNC_SPLITS:
             raise FileNotFoundError(
-                f"{split_file} does not exist. MNC's split re-splits SBD by VOC 2012 ImageSets/Main "
-                "membership (MNC_SPEC §7); create it once with `from mnc_teach.data.voc import "
+                f"{split_file} does not exist. MNC's split re-splits SBD by VOC 2012 "
+                "ImageSets/Main membership (MNC_SPEC §7); create it once with "
+                "`from mnc_teach.data.voc import "
                 f"make_mnc_split; make_mnc_split({str(self.root)!r}, VOC_ROOT)`."
             )
         available = {p.stem for p in split_dir.glob("*.txt") if p.name not in NOT_SPLIT_FILES}
         if self.format == "sbd":
             available |= set(MNC_SPLITS)
         raise ValueError(
-            f"unknown split {self.split!r}: no {split_file}; available: {', '.join(sorted(available)) or 'none'}"
+            f"unknown split {self.split!r}: no {split_file}; "
+            f"available: {', '.join(sorted(available)) or 'none'}"
         )
 
     def __len__(self) -> int:
@@ -243,15 +273,16 @@ class VOCInstanceSegmentation(Dataset):
         image = read_image(self.image_path(index))
         if tuple(image.shape[-2:]) != tuple(target["ignore"].shape):
             raise ValueError(
-                f"{self.image_path(index)} is {tuple(image.shape[-2:])} (H, W) but its annotation is "
-                f"{tuple(target['ignore'].shape)}; the image and annotation files do not belong together"
+                f"{self.image_path(index)} is {tuple(image.shape[-2:])} (H, W) but its annotation "
+                f"is {tuple(target['ignore'].shape)}; the image and annotation files do not belong "
+                "together"
             )
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
 
     def load_target(self, index: int) -> Target:
-        """The ground truth of one image, read from the annotation only (the JPEG is not decoded)."""
+        """The ground truth of one image, read from the annotation only (no JPEG is decoded)."""
         image_id = self.image_ids[index]
         if self.format == "voc":
             instance_map, ignore, instance_ids, labels = self._load_voc(image_id)
@@ -280,16 +311,20 @@ class VOCInstanceSegmentation(Dataset):
     def _load_voc(self, image_id: str) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
         object_path = self.root / "SegmentationObject" / f"{image_id}.png"
         class_path = self.root / "SegmentationClass" / f"{image_id}.png"
-        instance_map = _read_label_png(object_path)  # (H, W) 0 = background, k = instance k, 255 = void
+        # (H, W): 0 = background, k = instance k, 255 = void
+        instance_map = _read_label_png(object_path)
         class_map = _read_label_png(class_path)  # (H, W) 0 = background, c = class c, 255 = void
         if instance_map.shape != class_map.shape:
-            raise ValueError(f"{object_path} is {instance_map.shape} but {class_path} is {class_map.shape}")
+            raise ValueError(
+                f"{object_path} is {instance_map.shape} but {class_path} is {class_map.shape}"
+            )
         ignore = (instance_map == VOID) | (class_map == VOID)
         inside = ~ignore & (instance_map != BACKGROUND)
         # pair_counts[k, c] = number of non-void pixels of instance k labelled class c
         pairs = instance_map[inside].astype(np.int64) * 256 + class_map[inside]
         pair_counts = np.bincount(pairs, minlength=256 * 256).reshape(256, 256)
-        instance_ids = np.flatnonzero(pair_counts.sum(axis=1)).tolist()  # instances with 0 pixels are skipped
+        # instances without a pixel are skipped
+        instance_ids = np.flatnonzero(pair_counts.sum(axis=1)).tolist()
         labels = []
         for instance_id in instance_ids:
             counts = pair_counts[instance_id]
@@ -297,8 +332,8 @@ class VOCInstanceSegmentation(Dataset):
             if np.count_nonzero(counts) > 1:
                 found = {c: int(counts[c]) for c in np.flatnonzero(counts)}
                 warnings.warn(
-                    f"{class_path}: instance {instance_id} of {object_path.name} covers several classes "
-                    f"(class: pixels {found}); using the majority class {label}",
+                    f"{class_path}: instance {instance_id} of {object_path.name} covers several "
+                    f"classes (class: pixels {found}); using the majority class {label}",
                     AnnotationWarning,
                     stacklevel=3,
                 )
@@ -311,24 +346,29 @@ class VOCInstanceSegmentation(Dataset):
         cls_path = self.root / "cls" / f"{image_id}.mat"
         gt_inst = _read_mat_struct(inst_path, "GTinst")
         instance_map = np.asarray(gt_inst["Segmentation"])  # (H, W) 0 = background, k = instance k
-        categories = np.asarray(gt_inst["Categories"]).reshape(-1).astype(np.int64)  # (K,) class of instance k
-        class_map = np.asarray(_read_mat_struct(cls_path, "GTcls")["Segmentation"])  # (H, W) class ids
+        # (G,): the class of instance k is categories[k - 1]
+        categories = np.asarray(gt_inst["Categories"]).reshape(-1).astype(np.int64)
+        gt_cls = _read_mat_struct(cls_path, "GTcls")
+        class_map = np.asarray(gt_cls["Segmentation"])  # (H, W) class ids
         if instance_map.shape != class_map.shape:
-            raise ValueError(f"{inst_path} is {instance_map.shape} but {cls_path} is {class_map.shape}")
+            raise ValueError(
+                f"{inst_path} is {instance_map.shape} but {cls_path} is {class_map.shape}"
+            )
         instance_ids = [int(k) for k in np.unique(instance_map) if k != BACKGROUND]
         labels = []
         for instance_id in instance_ids:
             if instance_id > len(categories):
                 raise ValueError(
-                    f"{inst_path}: instance id {instance_id} in Segmentation but only {len(categories)} Categories"
+                    f"{inst_path}: instance id {instance_id} in Segmentation but only "
+                    f"{len(categories)} Categories"
                 )
             label = int(categories[instance_id - 1])
             self._check_label(label, inst_path, instance_id)
             under = np.unique(class_map[instance_map == instance_id])
             if under.tolist() != [label]:
                 warnings.warn(
-                    f"{inst_path}: instance {instance_id} has Categories class {label} but {cls_path.name} "
-                    f"shows classes {under.tolist()} under it; using {label}",
+                    f"{inst_path}: instance {instance_id} has Categories class {label} but "
+                    f"{cls_path.name} shows classes {under.tolist()} under it; using {label}",
                     AnnotationWarning,
                     stacklevel=3,
                 )
@@ -357,7 +397,9 @@ def make_mnc_split(sbd_root: str | os.PathLike, voc_root: str | os.PathLike) -> 
     for name in ("train", "val"):
         path = sbd_dir / f"{name}.txt"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; re-download SBD with `{_GET_SBD.format(root=sbd_root)}`")
+            raise FileNotFoundError(
+                f"{path} is missing; re-download SBD with `{_GET_SBD.format(root=sbd_root)}`"
+            )
         sbd_ids.update(_read_id_list(path))
     main_ids = {}
     for name in ("train", "val"):
@@ -370,18 +412,21 @@ def make_mnc_split(sbd_root: str | os.PathLike, voc_root: str | os.PathLike) -> 
         main_ids[name] = set(_read_id_list(path))
     both = main_ids["train"] & main_ids["val"] & sbd_ids
     if both:
-        raise ValueError(f"ids in both ImageSets/Main/train.txt and val.txt of {voc_dir}: {sorted(both)[:5]}")
+        raise ValueError(
+            f"ids in both ImageSets/Main/train.txt and val.txt of {voc_dir}: {sorted(both)[:5]}"
+        )
     unassigned = sorted(sbd_ids - main_ids["train"] - main_ids["val"])
     if unassigned:
         warnings.warn(
-            f"{len(unassigned)} SBD ids are in neither VOC 2012 ImageSets/Main/train.txt nor val.txt "
-            f"(e.g. {unassigned[:3]}); they are left out of mnc_train / mnc_val",
+            f"{len(unassigned)} SBD ids are in neither VOC 2012 ImageSets/Main/train.txt nor "
+            f"val.txt (e.g. {unassigned[:3]}); they are left out of mnc_train / mnc_val",
             AnnotationWarning,
             stacklevel=2,
         )
     counts = {}
     for name, split in zip(("train", "val"), MNC_SPLITS, strict=True):
         ids = sorted(sbd_ids & main_ids[name])
-        write_text_atomically(sbd_dir / f"{split}.txt", "".join(f"{image_id}\n" for image_id in ids))
+        lines = "".join(f"{image_id}\n" for image_id in ids)
+        write_text_atomically(sbd_dir / f"{split}.txt", lines)
         counts[split] = len(ids)
     return counts

@@ -1,10 +1,11 @@
-"""Checkpoints: what a training run writes, how it is read back, and the model it holds (DESIGN.md §6).
+"""Checkpoints: what a training run writes, how it is read back, the model it holds (DESIGN.md §6).
 
-    out_dir/checkpoint.pt   model, optimiser, scheduler, scaler, step, config, RNG states and history;
-                            written atomically (temp file + ``os.replace``), read with ``weights_only=True``
-    out_dir/history.json    the loss curves (:class:`~mnc_teach.engine.state.TrainHistory`), for plots of
-                            running or finished runs; written at the start, after each validation and with
-                            each checkpoint
+    out_dir/checkpoint.pt   model, optimiser, scheduler, scaler, step, config, RNG states and
+                            history; written atomically (temp file + ``os.replace``), read with
+                            ``weights_only=True``
+    out_dir/history.json    the loss curves (:class:`~mnc_teach.engine.state.TrainHistory`), for
+                            plots of running or finished runs; written at the start, after each
+                            validation and with each checkpoint
 
 ``restore_checkpoint`` puts a :class:`~mnc_teach.engine.state.TrainState` back exactly as it was
 saved, so a resumed run continues the loss curve of the uninterrupted one. ``load_model`` builds
@@ -30,51 +31,85 @@ from mnc_teach.engine.state import HISTORY_NAME, TrainHistory, TrainState
 from mnc_teach.fileio import write_atomically
 
 __all__ = [
-    "RESUMABLE_CHANGES", "changed_settings", "load_checkpoint", "load_model", "model_from_checkpoint",
-    "restore_checkpoint", "rng_states", "save_checkpoint", "save_history", "seed_everything", "set_rng_states",
-]  # fmt: skip
+    "RESUMABLE_CHANGES",
+    "changed_settings",
+    "load_checkpoint",
+    "load_model",
+    "model_from_checkpoint",
+    "restore_checkpoint",
+    "rng_states",
+    "save_checkpoint",
+    "save_history",
+    "seed_everything",
+    "set_rng_states",
+]
 
 # Settings a resumed run may change; anything else must match the checkpoint's config.
-RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.log_every", "train.val_every",
-                     "data.root", "data.num_workers"}  # fmt: skip
+RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.val_every",
+    "data.root",
+    "data.num_workers",
+}
 
 
 def rng_states() -> dict[str, Any]:
-    """Every RNG the run draws from, as tensors and plain values (loadable with ``weights_only=True``).
+    """Every RNG the run draws from, as tensors and plain values (``weights_only=True`` loads them).
     The data order and flips need no state: they are a function of ``(seed, step)``."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
-    }  # fmt: skip
+    }
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back the RNG states of :func:`rng_states` (CUDA's only on as many devices as saved)."""
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+    if (
+        states["cuda"]
+        and torch.cuda.is_available()
+        and len(states["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(states["cuda"])
     n, p = states["numpy"], states["python"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (CPU and every CUDA device)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
 def save_checkpoint(state: TrainState) -> Path:
-    """Write ``out_dir/checkpoint.pt`` atomically (temp file + ``os.replace``), then ``history.json``."""
+    """Write ``out_dir/checkpoint.pt`` atomically (temp file + ``os.replace``), then
+    ``history.json``."""
     checkpoint = {
-        "step": state.step, "config": state.cfg.to_dict(), "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-        "scaler": state.scaler.state_dict(), "rng": rng_states(), "history": state.history.to_dict(),
-    }  # fmt: skip
+        "step": state.step,
+        "config": state.cfg.to_dict(),
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": rng_states(),
+        "history": state.history.to_dict(),
+    }
     path = write_atomically(state.checkpoint_path, lambda file: torch.save(checkpoint, file))
     save_history(state)
     state.checkpoint_step = state.step
@@ -82,7 +117,7 @@ def save_checkpoint(state: TrainState) -> Path:
 
 
 def save_history(state: TrainState) -> Path:
-    """Write ``out_dir/history.json`` atomically: a viewer of the running run reads whole files only."""
+    """Write ``out_dir/history.json`` atomically: a viewer of a running run reads whole files."""
     path = state.out_dir / HISTORY_NAME
     state.history.save(path)  # creates out_dir if missing
     return path
@@ -92,11 +127,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and plain values only)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}; train one with `python -m mnc_teach train --out {path.parent}`")
+        raise FileNotFoundError(
+            f"no checkpoint {path}; train one with `python -m mnc_teach train --out {path.parent}`"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
-        raise ValueError(f"cannot read checkpoint {path} ({error}); it is corrupt or not an mnc_teach checkpoint") from error
+    except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, ...)
+        raise ValueError(
+            f"cannot read checkpoint {path} ({error}); it is corrupt or not an mnc_teach checkpoint"
+        ) from error
 
 
 def changed_settings(new: dict, old: dict, prefix: str = "") -> list[str]:
@@ -112,31 +151,47 @@ def changed_settings(new: dict, old: dict, prefix: str = "") -> list[str]:
 
 
 def restore_checkpoint(state: TrainState, checkpoint: dict[str, Any]) -> None:
-    """Put model, optimiser, scheduler, scaler, step, history and RNG states back as they were saved."""
-    changed = [k for k in changed_settings(state.cfg.to_dict(), checkpoint["config"]) if k not in RESUMABLE_CHANGES]
+    """Put model, optimiser, scheduler, scaler, step, history and RNG states back as saved.
+
+    Raises:
+        ValueError: the checkpoint's config differs from ``state.cfg`` in a setting that is not
+            one of :data:`RESUMABLE_CHANGES`.
+    """
+    changed = [
+        k
+        for k in changed_settings(state.cfg.to_dict(), checkpoint["config"])
+        if k not in RESUMABLE_CHANGES
+    ]
     if changed:
         raise ValueError(
-            f"{state.checkpoint_path} was trained with other settings ({', '.join(changed)}); resume with the "
-            "checkpoint's config (MNCConfig.from_dict(load_checkpoint(path)['config'])), or train into a new folder"
+            f"{state.checkpoint_path} was trained with other settings ({', '.join(changed)}); "
+            "resume with the checkpoint's config "
+            "(MNCConfig.from_dict(load_checkpoint(path)['config'])), or train into a new folder"
         )
     state.model.load_state_dict(checkpoint["model"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint["scaler"] and state.scaler.is_enabled():  # a CPU run saves an empty (disabled) scaler
+    if checkpoint["scaler"] and state.scaler.is_enabled():  # a CPU run saves an empty scaler
         state.scaler.load_state_dict(checkpoint["scaler"])
     state.step = state.start_step = state.checkpoint_step = checkpoint["step"]
     state.history = TrainHistory.from_dict(checkpoint["history"])
     set_rng_states(checkpoint["rng"])
 
 
-def load_model(checkpoint_path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:
+def load_model(
+    checkpoint_path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[nn.Module, MNCConfig]:
     """The trained model (in eval mode, on ``device``) and its config, from a checkpoint."""
     return model_from_checkpoint(load_checkpoint(checkpoint_path), device)
 
 
-def model_from_checkpoint(checkpoint: dict, device: str | torch.device | None = None) -> tuple[nn.Module, MNCConfig]:
-    """:func:`load_model` for a checkpoint already read (``load_checkpoint``), e.g. to read its step too."""
+def model_from_checkpoint(
+    checkpoint: dict, device: str | torch.device | None = None
+) -> tuple[nn.Module, MNCConfig]:
+    """:func:`load_model` for a checkpoint already read (``load_checkpoint``), e.g. to read its
+    step too."""
     cfg = MNCConfig.from_dict(checkpoint["config"])
-    model = build_mnc(override(cfg, "backbone.pretrained", False))  # the weights come from the checkpoint
+    # no pretrained download: the weights come from the checkpoint
+    model = build_mnc(override(cfg, "backbone.pretrained", False))
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)).eval(), cfg

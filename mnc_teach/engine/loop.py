@@ -1,7 +1,7 @@
-"""A plain, seeded training loop with callbacks, atomic checkpoints and exact resume (DESIGN.md §4.7, §6).
+"""The training loop: seeded, with callbacks, atomic checkpoints and exact resume (DESIGN.md §4.7).
 
-    history = train(shapes_cpu(), "runs/first")           # prints a tqdm bar and a line every log_every steps
-    history = train(cfg, "runs/first", resume=True)       # continues from runs/first/checkpoint.pt
+    history = train(shapes_cpu(), "runs/first")      # a tqdm bar and a line every log_every steps
+    history = train(cfg, "runs/first", resume=True)  # continues from runs/first/checkpoint.pt
 
 One optimiser step = ``cfg.train.accumulate`` micro-batches of ``cfg.train.images_per_batch``
 images (MNC: 1 image x ``iter_size`` 8, MNC_SPEC §7). The images of step ``s`` are a pure
@@ -11,9 +11,10 @@ by index. Together with the saved RNG states this makes ``N steps + resume to 2N
 same losses as ``2N`` steps straight.
 
 Callbacks are objects with any of ``on_train_start``, ``on_step_end``, ``on_validation``,
-``on_train_end``, each called with the :class:`TrainState`; setting ``state.stop_requested``
-ends the run cleanly after the current step, with a checkpoint. Ctrl-C (or a Jupyter kernel
-interrupt) does the same when training runs in the main thread; a second Ctrl-C aborts at once.
+``on_train_end``, each called with the :class:`~mnc_teach.engine.state.TrainState`; setting
+``state.stop_requested`` ends the run cleanly after the current step, with a checkpoint. Ctrl-C
+(or a Jupyter kernel interrupt) does the same when training runs in the main thread; a second
+Ctrl-C aborts at once. What a run saves and how it resumes is :mod:`mnc_teach.engine.checkpoint`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from mnc_teach.engine.checkpoint import (
     save_history,
     seed_everything,
 )
-from mnc_teach.engine.inference import cpu_threads, resolve_device
+from mnc_teach.engine.inference import cpu_threads, eval_mode, resolve_device
 from mnc_teach.engine.state import (
     CHECKPOINT_NAME,
     ProgressPrinter,
@@ -55,26 +56,28 @@ from mnc_teach.engine.state import (
 )
 
 __all__ = [
-    "build_datasets", "epoch_order", "lr_factor", "make_optimizer", "train", "train_one_epoch", "train_one_step",
-    "validation_losses",
-]  # fmt: skip
+    "build_datasets", "epoch_order", "lr_factor", "make_optimizer", "train", "train_one_epoch",
+    "train_one_step", "validation_losses",
+]
 
 FLIP_PROBABILITY = 0.5  # MNC trains on every image and its mirror (TRAIN.USE_FLIPPED, MNC_SPEC §7)
-MAX_VAL_IMAGES = 50  # validation losses use the first 50 val images (an eval forward also runs detection)
+MAX_VAL_IMAGES = 50  # validation losses use the first 50 val images only
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def build_datasets(cfg: MNCConfig) -> tuple[VOCInstanceSegmentation, VOCInstanceSegmentation]:
-    """Train and val datasets of ``cfg.data``, resized by ``ResizeShortestSide(min_size, max_size)``.
+    """The train and val datasets of ``cfg.data``, resized to its ``min_size`` / ``max_size``.
 
-    Flips are not a dataset transform: the loop draws them with the data order (:func:`epoch_order`).
-    The shapes dataset is generated (``generate_shapes(root, seed=0)``) when its folder is missing.
+    Flips are not a dataset transform: the loop draws them with the data order
+    (:func:`epoch_order`). The shapes dataset is generated (``generate_shapes(root, seed=0)``)
+    when its folder is missing.
     """
     data, root = cfg.data, Path(cfg.data.root).expanduser()
     if data.dataset == "shapes" and not (root / "VOCdevkit" / "VOC2012").exists():
-        print(f"no shapes dataset in {root}: generating it (python -m mnc_teach shapes --root {root})")
+        print(f"no shapes dataset in {root}: generating it "
+              f"(python -m mnc_teach shapes --root {root})")
         generate_shapes(root, seed=0)
     fmt = "voc" if data.dataset == "shapes" else data.format
     resize = ResizeShortestSide(data.min_size, data.max_size)
@@ -84,11 +87,14 @@ def build_datasets(cfg: MNCConfig) -> tuple[VOCInstanceSegmentation, VOCInstance
             for split in (data.train_split, data.val_split)
         )
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error} (the config's data.root is {root}; set it with --data-root DIR)") from None
+        raise FileNotFoundError(
+            f"{error} (the config's data.root is {root}; set it with --data-root DIR)"
+        ) from None
 
 
-def epoch_order(num_images: int, seed: int, epoch: int, flip: bool) -> list[tuple[int, bool]]:
-    """``(dataset index, flip?)`` for every image of epoch ``epoch``; depends on ``(seed, epoch)`` only."""
+def epoch_order(num_images: int, *, seed: int, epoch: int, flip: bool) -> list[tuple[int, bool]]:
+    """``(dataset index, flip?)`` for every image of epoch ``epoch``; a function of ``seed`` and
+    ``epoch`` only."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(num_images)
     flips = rng.random(num_images) < FLIP_PROBABILITY if flip else np.zeros(num_images, dtype=bool)
@@ -96,7 +102,7 @@ def epoch_order(num_images: int, seed: int, epoch: int, flip: bool) -> list[tupl
 
 
 class _FlipByKey(Dataset):
-    """``dataset[(index, flip)]``: item ``index``, mirrored when ``flip`` (decided by the sampler)."""
+    """``dataset[(index, flip)]``: item ``index``, mirrored when ``flip`` (the sampler decides)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset, self.mirror = dataset, RandomHorizontalFlip(p=1.0)
@@ -107,24 +113,37 @@ class _FlipByKey(Dataset):
         return self.mirror(image, target) if flip else (image, target)
 
 
-def _epoch_loader(dataset: Dataset, cfg: MNCConfig, epoch: int, first_step: int, steps_per_epoch: int) -> DataLoader:
-    """Micro-batches of epoch ``epoch`` from its step ``first_step`` on (earlier ones skipped by index)."""
+def _epoch_loader(
+    dataset: Dataset, cfg: MNCConfig, *, epoch: int, first_step: int, steps_per_epoch: int
+) -> DataLoader:
+    """Micro-batches of epoch ``epoch`` from its step ``first_step`` on (earlier ones skipped by
+    index). The loader has its own seeded generator: the global RNG stays untouched."""
     per_step = cfg.train.images_per_batch * cfg.train.accumulate
-    keys = epoch_order(len(dataset), cfg.train.seed, epoch, cfg.data.flip)[first_step * per_step : steps_per_epoch * per_step]
-    return DataLoader(_FlipByKey(dataset), batch_size=cfg.train.images_per_batch, sampler=keys, collate_fn=collate,
-                      num_workers=cfg.data.num_workers, worker_init_fn=_ignore_interrupts,
-                      generator=torch.Generator().manual_seed(cfg.train.seed))  # its own: the global RNG stays untouched
+    order = epoch_order(len(dataset), seed=cfg.train.seed, epoch=epoch, flip=cfg.data.flip)
+    keys = order[first_step * per_step : steps_per_epoch * per_step]
+    return DataLoader(
+        _FlipByKey(dataset),
+        batch_size=cfg.train.images_per_batch,
+        sampler=keys,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        worker_init_fn=_ignore_interrupts,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """Workers ignore Ctrl-C: the main process decides (stop after the step), workers keep loading."""
+    """Workers ignore Ctrl-C: the main process decides (stop after the step); workers load on."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _to_device(images: list[Tensor], targets: list[dict] | None, device: torch.device):
     images = [image.to(device, non_blocking=True) for image in images]
     if targets is not None:
-        targets = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+        targets = [
+            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in target.items()}
+            for target in targets
+        ]
     return images, targets
 
 
@@ -133,7 +152,7 @@ def _to_device(images: list[Tensor], targets: list[dict] | None, device: torch.d
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` for optimiser step ``step`` (0-based): a linear warm-up from
-    ``warmup_factor`` to 1 over ``warmup_steps``, times ``gamma`` for each of ``lr_steps`` passed."""
+    ``warmup_factor`` to 1 over ``warmup_steps``, times ``gamma`` for each ``lr_steps`` passed."""
     warmup = 1.0
     if step < cfg.warmup_steps:
         alpha = step / cfg.warmup_steps
@@ -146,8 +165,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     not on biases and norm parameters (1-d) [code train.prototxt: biases decay_mult 0]. Frozen
     parameters are left out."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -156,8 +177,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer is {cfg.optimizer!r}; choose 'sgd' or 'adamw'")
 
 
-def train_one_step(state: TrainState, micro_batches: list[tuple[list[Tensor], list[dict]]]) -> dict[str, float]:
-    """One optimiser step over ``accumulate`` micro-batches; returns each loss term (mean) and ``total``."""
+def train_one_step(
+    state: TrainState, micro_batches: list[tuple[list[Tensor], list[dict]]]
+) -> dict[str, float]:
+    """One optimiser step over ``accumulate`` micro-batches; returns each loss term (mean over the
+    micro-batches) and ``total``."""
     cfg, model, device = state.cfg.train, state.model, state.device
     amp = cfg.amp and device.type == "cuda"
     state.optimizer.zero_grad(set_to_none=True)
@@ -180,8 +204,11 @@ def train_one_step(state: TrainState, micro_batches: list[tuple[list[Tensor], li
     return {**sums, "total": sum(sums.values())}
 
 
-def train_one_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[Any], val_dataset: Dataset | None) -> None:
-    """Optimiser steps over ``loader`` until it ends, ``max_steps`` is reached or a stop is requested."""
+def train_one_epoch(
+    state: TrainState, loader: DataLoader, *, callbacks: Sequence[Any], val_dataset: Dataset | None
+) -> None:
+    """Optimiser steps over ``loader`` until it ends, ``max_steps`` is reached or a stop is
+    requested; validation every ``val_every`` steps, a checkpoint every ``checkpoint_every``."""
     cfg, micro_batches, tick = state.cfg.train, [], time.perf_counter()
     for images, targets in loader:
         micro_batches.append((images, targets))
@@ -194,30 +221,39 @@ def train_one_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[A
         now = time.perf_counter()
         state.images_per_s = sum(len(imgs) for imgs, _ in micro_batches) / (now - tick)
         state.elapsed_s, tick, micro_batches = state.elapsed_s + now - tick, now, []
-        state.history.steps.append({"step": state.step, **state.losses, "lr": state.lr, "images_per_s": state.images_per_s})
+        state.history.steps.append(
+            {"step": state.step, **state.losses, "lr": state.lr, "images_per_s": state.images_per_s}
+        )
         call_callbacks(callbacks, "on_step_end", state)
         if cfg.val_every > 0 and state.step % cfg.val_every == 0 and val_dataset is not None:
-            state.val_losses = validation_losses(state.model, val_dataset, device=state.device, batch_size=cfg.images_per_batch)
+            state.val_losses = validation_losses(
+                state.model, val_dataset, device=state.device, batch_size=cfg.images_per_batch
+            )
             state.history.val.append({"step": state.step, **state.val_losses})
             call_callbacks(callbacks, "on_validation", state)
-            if state.step % cfg.checkpoint_every != 0:
-                save_history(state)  # a viewer of the run sees the validation now (a checkpoint writes it too)
+            if state.step % cfg.checkpoint_every != 0:  # (a checkpoint writes the history too)
+                save_history(state)  # a viewer of the run sees the validation now
         if state.step % cfg.checkpoint_every == 0:
             save_checkpoint(state)
-        now = time.perf_counter()
-        state.elapsed_s, tick = state.elapsed_s + now - tick, now  # callbacks and validation count for the ETA
+        now = time.perf_counter()  # callbacks and validation count for the ETA too
+        state.elapsed_s, tick = state.elapsed_s + now - tick, now
         if state.step >= state.max_steps or state.stop_requested:
             return
 
 
 @torch.no_grad()
-def validation_losses(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 1,
-                      max_images: int = MAX_VAL_IMAGES) -> dict[str, float]:  # fmt: skip
+def validation_losses(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    batch_size: int = 1,
+    max_images: int = MAX_VAL_IMAGES,
+) -> dict[str, float]:
     """Mean loss terms (and ``total``) on the first ``max_images`` images, in eval mode. The RNG
     state is restored afterwards, so validating does not change the training run."""
-    was_training, sums, count = model.training, {}, 0
-    model.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    sums, count = {}, 0
+    with eval_mode(model):
         for start in range(0, min(len(dataset), max_images), batch_size):
             stop = min(start + batch_size, len(dataset), max_images)
             images, targets = _to_device(*collate([dataset[i] for i in range(start, stop)]), device)
@@ -225,7 +261,6 @@ def validation_losses(model: nn.Module, dataset: Dataset, *, device: torch.devic
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * len(images)
             count += len(images)
-    model.train(was_training)
     means = {name: total / max(count, 1) for name, total in sums.items()}
     return {**means, "total": sum(means.values())}
 
@@ -241,7 +276,10 @@ def _stop_on_interrupt(state: TrainState):
         if state.stop_requested:
             raise KeyboardInterrupt
         state.stop_requested = True
-        print("\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again aborts now)", flush=True)
+        print(
+            "\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again aborts now)",
+            flush=True,
+        )
 
     previous = signal.signal(signal.SIGINT, request_stop)
     try:
@@ -254,17 +292,25 @@ def _stop_on_interrupt(state: TrainState):
 
 
 def train(
-    cfg: MNCConfig, out_dir: str | os.PathLike, *, resume: bool = False, callbacks: Sequence[Any] | None = None,
-    device: str | torch.device | None = None, model: nn.Module | None = None,
-    datasets: tuple[Dataset, Dataset | None] | None = None, overwrite: bool = False,
-) -> TrainHistory:  # fmt: skip
+    cfg: MNCConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Any] | None = None,
+    device: str | torch.device | None = None,
+    model: nn.Module | None = None,
+    datasets: tuple[Dataset, Dataset | None] | None = None,
+    overwrite: bool = False,
+) -> TrainHistory:
     """Train ``build_mnc(cfg)`` (or ``model``) for ``cfg.train.max_steps`` optimiser steps.
 
     Args:
         cfg: the run's configuration; ``cfg.train`` and ``cfg.data`` are read here.
-        out_dir: gets ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end) and ``history.json``
-            (at the start, after each validation and with each checkpoint; see ``mnc_teach.widgets.run_viewer``).
-        resume: continue from ``out_dir/checkpoint.pt``; only RESUMABLE_CHANGES may differ from its config.
+        out_dir: gets ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end) and
+            ``history.json`` (at the start, after each validation and with each checkpoint; see
+            ``mnc_teach.widgets.run_viewer``).
+        resume: continue from ``out_dir/checkpoint.pt``; only ``RESUMABLE_CHANGES``
+            (:mod:`mnc_teach.engine.checkpoint`) may differ from its config.
         callbacks: objects with on_train_start / on_step_end / on_validation / on_train_end;
             default ``[ProgressPrinter()]``; pass ``()`` for a silent run.
         device: default CUDA when available. AMP (``cfg.train.amp``) is used on CUDA only.
@@ -276,57 +322,110 @@ def train(
         The run's :class:`TrainHistory` (of the whole run, including the steps before a resume).
 
     Raises:
-        FloatingPointError: a loss term became nan/inf (named with the step); the last checkpoint is kept.
+        FloatingPointError: a loss term became nan/inf (named with the step); the last
+            checkpoint is kept.
     """
     out_dir, t = Path(out_dir).expanduser(), cfg.train
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    if resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist; train without resume first")
-    if not resume and checkpoint_path.exists() and not overwrite:
-        raise FileExistsError(f"{checkpoint_path} exists; resume it (--resume), choose another --out, or pass overwrite=True")
+    _check_run_folder(out_dir / CHECKPOINT_NAME, resume=resume, overwrite=overwrite)
     if min(t.images_per_batch, t.accumulate, t.checkpoint_every, t.log_every) < 1:
-        raise ValueError("train.images_per_batch, accumulate, checkpoint_every and log_every must be >= 1")
+        raise ValueError(
+            "train.images_per_batch, accumulate, checkpoint_every and log_every must be >= 1"
+        )
     device = resolve_device(device)
-    train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)  # data errors before a weights download
-    steps_per_epoch = len(train_ds) // (t.images_per_batch * t.accumulate)  # the remainder waits for the next epoch
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training set has {len(train_ds)} images, fewer than one step's "
-                         f"{t.images_per_batch} x {t.accumulate}; lower train.images_per_batch or train.accumulate")  # fmt: skip
-    seed_everything(t.seed)  # before the model is built: same seed, same initial weights
-    model = (model if model is not None else build_mnc(cfg)).to(device)
-    optimizer = make_optimizer(model, t)
-    state = TrainState(
-        cfg=cfg, model=model, optimizer=optimizer, device=device, out_dir=out_dir, history=TrainHistory(),
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t)),
-        scaler=torch.amp.GradScaler(device.type, enabled=t.amp and device.type == "cuda"), max_steps=t.max_steps,
-    )  # fmt: skip
+    # the datasets first: a data error comes before a download of pretrained weights
+    train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
+    steps_per_epoch = _steps_per_epoch(len(train_ds), t)
+    state = _new_state(cfg, out_dir, model=model, device=device)
     if resume:
-        restore_checkpoint(state, load_checkpoint(checkpoint_path))
+        restore_checkpoint(state, load_checkpoint(state.checkpoint_path))
     callbacks = [ProgressPrinter()] if callbacks is None else list(callbacks)
     save_history(state)  # a fresh run replaces the history.json of an overwritten one at once
-    model.train()
+    state.model.train()
     call_callbacks(callbacks, "on_train_start", state)
     with cpu_threads(t.cpu_threads if device.type == "cpu" else None):
-        _run(state, callbacks, train_ds, val_ds, steps_per_epoch, checkpoint_path)
+        _run_epochs(state, train_ds, val_ds, callbacks=callbacks, steps_per_epoch=steps_per_epoch)
     if state.checkpoint_step != state.step:
         save_checkpoint(state)
     call_callbacks(callbacks, "on_train_end", state)
     return state.history
 
 
-def _run(state: TrainState, callbacks: list, train_ds: Dataset, val_ds: Dataset | None, steps_per_epoch: int,
-         checkpoint_path: Path) -> None:  # fmt: skip
-    """The epochs of :func:`train`, with Ctrl-C handling and a clear message on a non-finite loss."""
-    cfg = state.cfg
+def _check_run_folder(checkpoint_path: Path, *, resume: bool, overwrite: bool) -> None:
+    """A resumed run needs its checkpoint; a new one must not replace one unless told to."""
+    if resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {checkpoint_path} does not exist; train without resume first"
+        )
+    if not resume and checkpoint_path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{checkpoint_path} exists; resume it (--resume), choose another --out, "
+            "or pass overwrite=True"
+        )
+
+
+def _steps_per_epoch(num_images: int, cfg: TrainConfig) -> int:
+    """Whole optimiser steps in one pass over the training set; the remainder waits for the next
+    epoch."""
+    steps = num_images // (cfg.images_per_batch * cfg.accumulate)
+    if steps == 0:
+        raise ValueError(
+            f"the training set has {num_images} images, fewer than one step's "
+            f"{cfg.images_per_batch} x {cfg.accumulate}; "
+            "lower train.images_per_batch or train.accumulate"
+        )
+    return steps
+
+
+def _new_state(
+    cfg: MNCConfig, out_dir: Path, *, model: nn.Module | None, device: torch.device
+) -> TrainState:
+    """Step 0 of a run: the seeded model (same seed, same initial weights), its optimiser,
+    learning-rate schedule and AMP scaler, and an empty history."""
+    t = cfg.train
+    seed_everything(t.seed)  # before the model is built
+    model = (model if model is not None else build_mnc(cfg)).to(device)
+    optimizer = make_optimizer(model, t)
+    return TrainState(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        device=device,
+        out_dir=out_dir,
+        history=TrainHistory(),
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t)),
+        scaler=torch.amp.GradScaler(device.type, enabled=t.amp and device.type == "cuda"),
+        max_steps=t.max_steps,
+    )
+
+
+def _run_epochs(
+    state: TrainState,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    *,
+    callbacks: list,
+    steps_per_epoch: int,
+) -> None:
+    """The epochs of :func:`train`, with Ctrl-C handling and a clear error on a non-finite loss."""
     try:
         with _stop_on_interrupt(state):
             while state.step < state.max_steps and not state.stop_requested:
                 epoch, first_step = divmod(state.step, steps_per_epoch)
-                loader = _epoch_loader(train_ds, cfg, epoch, first_step, steps_per_epoch)
-                train_one_epoch(state, loader, callbacks, val_ds)
+                loader = _epoch_loader(
+                    train_dataset,
+                    state.cfg,
+                    epoch=epoch,
+                    first_step=first_step,
+                    steps_per_epoch=steps_per_epoch,
+                )
+                train_one_epoch(state, loader, callbacks=callbacks, val_dataset=val_dataset)
     except FloatingPointError as error:
-        kept = (f"the last good checkpoint {checkpoint_path} (step {state.checkpoint_step}) is kept"
-                if state.checkpoint_step >= 0 else "no checkpoint was written yet")  # fmt: skip
-        raise FloatingPointError(f"{error}; {kept}. Lower train.lr or set train.grad_clip_norm") from None
-
-
+        kept = (
+            f"the last good checkpoint {state.checkpoint_path} (step {state.checkpoint_step}) "
+            "is kept"
+            if state.checkpoint_step >= 0
+            else "no checkpoint was written yet"
+        )
+        raise FloatingPointError(
+            f"{error}; {kept}. Lower train.lr or set train.grad_clip_norm"
+        ) from None

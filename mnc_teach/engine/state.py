@@ -27,12 +27,27 @@ from mnc_teach.config import MNCConfig
 from mnc_teach.fileio import write_text_atomically
 
 __all__ = [
-    "CHECKPOINT_NAME", "HISTORY_NAME", "Callback", "ProgressPrinter", "TrainHistory", "TrainState",
-    "call_callbacks", "format_seconds",
-]  # fmt: skip
+    "CHECKPOINT_NAME", "HISTORY_NAME", "RENAMED_LOSS_TERMS", "Callback", "ProgressPrinter",
+    "TrainHistory", "TrainState", "call_callbacks", "format_seconds",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_NAME = "history.json"
+
+
+# Loss terms renamed since older runs were saved: old name -> name the model reports now. History
+# read from history.json or a checkpoint goes through this, so old runs plot and resume as new ones.
+RENAMED_LOSS_TERMS = {
+    "loss_cls": "loss_cls_mask",
+    "loss_box": "loss_box_reg",
+    "loss_cls_s5": "loss_cls_mask_s5",
+    "loss_box_s5": "loss_box_reg_s5",
+}
+
+
+def _current_names(entry: dict[str, float]) -> dict[str, float]:
+    """``entry`` with its loss terms under today's names (:data:`RENAMED_LOSS_TERMS`), in order."""
+    return {RENAMED_LOSS_TERMS.get(key, key): value for key, value in entry.items()}
 
 
 @dataclass
@@ -46,15 +61,20 @@ class TrainHistory:
 
     def terms(self) -> list[str]:
         """Loss term names (``loss_*``) in the order they first appear."""
-        names = {key: None for entry in self.steps + self.val for key in entry if key.startswith("loss_")}
-        return list(names)
+        entries = self.steps + self.val
+        return list({key: None for entry in entries for key in entry if key.startswith("loss_")})
 
     def to_dict(self) -> dict[str, list[dict[str, float]]]:
         return {"steps": self.steps, "val": self.val}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainHistory:
-        return cls(steps=list(values.get("steps", [])), val=list(values.get("val", [])))
+        """The inverse of :meth:`to_dict`; loss terms saved under an old name
+        (:data:`RENAMED_LOSS_TERMS`) come back under the current one."""
+        return cls(
+            steps=[_current_names(entry) for entry in values.get("steps", [])],
+            val=[_current_names(entry) for entry in values.get("val", [])],
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomically(path, json.dumps(self.to_dict()))
@@ -122,8 +142,17 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
+def _terms_text(losses: dict[str, float]) -> str:
+    """``rpn_obj 0.6931  mask 0.6931 ...``: each loss term of ``losses`` but the total."""
+    return "  ".join(
+        f"{name.removeprefix('loss_')} {value:.4f}"
+        for name, value in losses.items()
+        if name != "total"
+    )
+
+
 class ProgressPrinter:
-    """The default callback: a tqdm bar over the steps and a printed line every ``log_every`` steps."""
+    """The default callback: a tqdm bar over the steps, a printed line every ``log_every`` steps."""
 
     def __init__(self, log_every: int | None = None, bar: bool = True) -> None:
         self.log_every, self.bar, self._tqdm = log_every, bar, None
@@ -134,7 +163,8 @@ class ProgressPrinter:
     def on_train_start(self, state: TrainState) -> None:
         if self.bar:
             self._tqdm = tqdm(total=state.max_steps, initial=state.step, desc="train", unit="step")
-        self._print(f"training {state.max_steps - state.step} steps on {state.device} -> {state.checkpoint_path}")
+        steps_left = state.max_steps - state.step
+        self._print(f"training {steps_left} steps on {state.device} -> {state.checkpoint_path}")
 
     def on_step_end(self, state: TrainState) -> None:
         if self._tqdm is not None:
@@ -142,13 +172,15 @@ class ProgressPrinter:
             self._tqdm.set_postfix(loss=f"{state.losses['total']:.3f}", refresh=False)
         every = self.log_every or state.cfg.train.log_every
         if state.step % every == 0 or state.step == state.max_steps:
-            terms = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in state.losses.items() if k != "total")
-            self._print(f"step {state.step}/{state.max_steps}  loss {state.losses['total']:.4f}  ({terms})  "
-                        f"lr {state.lr:.2e}  {state.images_per_s:.1f} img/s  eta {format_seconds(state.eta_s)}")
+            self._print(
+                f"step {state.step}/{state.max_steps}  loss {state.losses['total']:.4f}  "
+                f"({_terms_text(state.losses)})  lr {state.lr:.2e}  "
+                f"{state.images_per_s:.1f} img/s  eta {format_seconds(state.eta_s)}"
+            )
 
     def on_validation(self, state: TrainState) -> None:
-        terms = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in state.val_losses.items() if k != "total")
-        self._print(f"step {state.step}: val loss {state.val_losses['total']:.4f}  ({terms})")
+        losses = state.val_losses
+        self._print(f"step {state.step}: val loss {losses['total']:.4f}  ({_terms_text(losses)})")
 
     def on_train_end(self, state: TrainState) -> None:
         if self._tqdm is not None:

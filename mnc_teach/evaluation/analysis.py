@@ -1,7 +1,8 @@
-"""Per-detection outcome of SDS matching: which predictions are TP or FP (and why), which GT are missed.
+"""Per-detection outcome of SDS matching: which predictions are TP or FP (and why), which GT
+are missed.
 
-:func:`evaluate.evaluate_sds` reduces the matching to precision/recall curves and AP.
-:func:`analyze_matches` runs the same matching (``match_detections`` on the same IoUs,
+:func:`~mnc_teach.evaluation.sds.evaluate_sds` reduces the matching to precision/recall curves
+and AP. :func:`analyze_matches` runs the same matching (``match_detections`` on the same IoUs,
 ``class_mask_ious``) and keeps, for every prediction and every GT instance, what happened to
 it, so that a notebook can count and show the failures: false positives (by cause), missed
 instances, and matches whose mask is poor.
@@ -21,13 +22,22 @@ from mnc_teach.evaluation.coco import check_result, index_images
 from mnc_teach.evaluation.sds import class_mask_ious, match_detections
 from mnc_teach.structures import Target
 
+__all__ = [
+    "FP_DUPLICATE", "FP_LOW_IOU", "FP_NO_GT", "OUTCOMES", "TP", "UNMATCHED", "MatchAnalysis",
+    "analyze_matches",
+]
+
 # The outcome of one prediction at one IoU threshold (MNC_SPEC §9.1, matching steps 3-5).
 TP = "TP"
-FP_LOW_IOU = "FP: low IoU"  # its best GT of the class overlaps less than the threshold (poor mask, wrong place)
-FP_DUPLICATE = "FP: duplicate"  # its best GT qualifies but a higher-scoring prediction matched it first
-FP_NO_GT = "FP: no GT of its class"  # its image has no instance of the predicted class (wrong class, background)
+# its best GT of the class overlaps less than the threshold (poor mask, wrong place)
+FP_LOW_IOU = "FP: low IoU"
+# its best GT qualifies but a higher-scoring prediction matched it first
+FP_DUPLICATE = "FP: duplicate"
+# its image has no instance of the predicted class (wrong class, or background)
+FP_NO_GT = "FP: no GT of its class"
 OUTCOMES = (TP, FP_LOW_IOU, FP_DUPLICATE, FP_NO_GT)
-UNMATCHED = -1  # gt_matched_by value of a missed GT; best_gt value of a prediction with no GT of its class
+# gt_matched_by value of a missed GT; best_gt value of a prediction with no GT of its class
+UNMATCHED = -1
 
 
 @dataclass
@@ -45,9 +55,12 @@ class MatchAnalysis:
     outcome: np.ndarray  # [P] str, one of OUTCOMES
     best_gt: np.ndarray  # [P] int: the GT of its class with the largest mask IoU, UNMATCHED if none
     best_iou: np.ndarray  # [P] float64: that IoU (0 when there is no GT of its class)
-    gt_matched_by: list[np.ndarray]  # per image, [G] int: the prediction that matched GT g, or UNMATCHED
-    gt_best_iou: list[np.ndarray]  # per image, [G] float64: best IoU any prediction of its class reached
-    gt_best_pred: list[np.ndarray]  # per image, [G] int: that prediction (first in input order), or UNMATCHED
+    # per image, [G] int: the prediction that matched GT g, or UNMATCHED
+    gt_matched_by: list[np.ndarray]
+    # per image, [G] float64: the best IoU any prediction of its class reached
+    gt_best_iou: list[np.ndarray]
+    # per image, [G] int: that prediction (the first in input order), or UNMATCHED
+    gt_best_pred: list[np.ndarray]
 
     @property
     def is_tp(self) -> np.ndarray:
@@ -89,55 +102,81 @@ def analyze_matches(
     predictions: list[dict],
     ground_truth: list[Target],
     class_names: Sequence[str],
+    *,
     iou_threshold: float,
     check: bool = True,
 ) -> MatchAnalysis:
-    """SDS matching of COCO-format ``predictions`` against Targets, kept per prediction and per GT.
+    """SDS matching of COCO-format ``predictions`` against Targets, kept per prediction and GT.
 
-    The same matching as :func:`evaluate.evaluate_sds` (per class, ``match_detections`` on the
-    detections of that class in input order), so the TPs here give exactly its precision /
-    recall curves. ``class_names`` starts with "background"; ``check`` as in ``evaluate_sds``.
+    The same matching as :func:`~mnc_teach.evaluation.sds.evaluate_sds` (per class,
+    ``match_detections`` on the detections of that class in input order), so the TPs here give
+    exactly its precision / recall curves. ``class_names`` starts with "background"; ``check``
+    as in ``evaluate_sds``.
     """
     num_classes = len(class_names) - 1
     image_index = index_images(ground_truth, num_classes)
     if check:
         for p, entry in enumerate(predictions):
-            check_result(entry, f"prediction {p}", image_index, num_classes)
+            check_result(
+                entry, f"prediction {p}", image_ids=image_index, num_classes=num_classes
+            )
     pred_ious = class_mask_ious(predictions, ground_truth, image_index)  # P arrays [G_c]
     gt_labels = [target["labels"].cpu().numpy() for target in ground_truth]
     category = np.array([entry["category_id"] for entry in predictions], dtype=np.int64)  # [P]
     score = np.array([entry["score"] for entry in predictions], dtype=np.float64)  # [P]
-    image = np.array([image_index[entry["image_id"]] for entry in predictions], dtype=np.int64)  # [P]
+    image = np.array([image_index[e["image_id"]] for e in predictions], dtype=np.int64)  # [P]
 
-    best_gt = np.full(len(predictions), UNMATCHED, dtype=np.int64)
-    best_iou = np.zeros(len(predictions))
+    best_gt, best_iou, gt_best_iou, gt_best_pred = _best_overlaps(
+        pred_ious, gt_labels, category=category, image=image
+    )
+    is_tp = np.zeros(len(predictions), dtype=bool)
+    for k in range(1, num_classes + 1):
+        dets = np.flatnonzero(category == k)  # input order, as evaluate_sds
+        matches = match_detections(
+            score[dets],
+            image[dets],
+            [pred_ious[d] for d in dets],
+            num_gt_per_image=[int((labels == k).sum()) for labels in gt_labels],
+            iou_threshold=iou_threshold,
+        )
+        order = np.argsort(-score[dets], kind="stable")  # match_detections' rank order
+        is_tp[dets[order]] = matches.tp
+
+    why_fp = np.where(best_iou < iou_threshold, FP_LOW_IOU, FP_DUPLICATE)
+    outcome = np.where(is_tp, TP, np.where(best_gt == UNMATCHED, FP_NO_GT, why_fp))
+    gt_matched_by = [np.full(len(labels), UNMATCHED, dtype=np.int64) for labels in gt_labels]
+    for p in np.flatnonzero(is_tp):
+        gt_matched_by[image[p]][best_gt[p]] = p
+    return MatchAnalysis(
+        iou_threshold=float(iou_threshold), image=image, category=category, score=score,
+        outcome=outcome, best_gt=best_gt, best_iou=best_iou, gt_matched_by=gt_matched_by,
+        gt_best_iou=gt_best_iou, gt_best_pred=gt_best_pred,
+    )
+
+
+def _best_overlaps(
+    pred_ious: list[np.ndarray],
+    gt_labels: list[np.ndarray],
+    *,
+    category: np.ndarray,
+    image: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Each prediction's best GT of its class (and that IoU), and each GT's best prediction.
+
+    Returns:
+        best_gt [P], best_iou [P], gt_best_iou (per image [G]), gt_best_pred (per image [G]),
+        as the fields of :class:`MatchAnalysis` of the same names.
+    """
+    best_gt = np.full(len(pred_ious), UNMATCHED, dtype=np.int64)
+    best_iou = np.zeros(len(pred_ious))
     gt_best_iou = [np.zeros(len(labels)) for labels in gt_labels]
     gt_best_pred = [np.full(len(labels), UNMATCHED, dtype=np.int64) for labels in gt_labels]
     for p, ious in enumerate(pred_ious):
         if len(ious):
-            class_gt = np.flatnonzero(gt_labels[image[p]] == category[p])  # [G_c] the image's instance indices
+            class_gt = np.flatnonzero(gt_labels[image[p]] == category[p])  # [G_c] instance indices
             best = int(np.argmax(ious))
             best_gt[p], best_iou[p] = class_gt[best], ious[best]
             better = ious > gt_best_iou[image[p]][class_gt]  # [G_c]; IoU 0 never counts
             gt_best_iou[image[p]][class_gt[better]] = ious[better]
             gt_best_pred[image[p]][class_gt[better]] = p
-
-    is_tp = np.zeros(len(predictions), dtype=bool)
-    for k in range(1, num_classes + 1):
-        dets = np.flatnonzero(category == k)  # input order, as evaluate_sds
-        num_gt_per_image = [int((labels == k).sum()) for labels in gt_labels]
-        matches = match_detections(score[dets], image[dets], [pred_ious[d] for d in dets], num_gt_per_image,
-                                   iou_threshold)  # fmt: skip
-        order = np.argsort(-score[dets], kind="stable")  # match_detections' rank order
-        is_tp[dets[order]] = matches.tp
-
-    outcome = np.where(best_gt == UNMATCHED, FP_NO_GT, np.where(best_iou < iou_threshold, FP_LOW_IOU, FP_DUPLICATE))
-    outcome = np.where(is_tp, TP, outcome)
-    gt_matched_by = [np.full(len(labels), UNMATCHED, dtype=np.int64) for labels in gt_labels]
-    for p in np.flatnonzero(is_tp):
-        gt_matched_by[image[p]][best_gt[p]] = p
-    return MatchAnalysis(
-        iou_threshold=float(iou_threshold), image=image, category=category, score=score, outcome=outcome,
-        best_gt=best_gt, best_iou=best_iou, gt_matched_by=gt_matched_by, gt_best_iou=gt_best_iou,
-        gt_best_pred=gt_best_pred,
-    )  # fmt: skip
+    return best_gt, best_iou, gt_best_iou, gt_best_pred

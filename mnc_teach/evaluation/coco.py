@@ -1,9 +1,9 @@
-"""COCO: predictions as COCO results JSON (RLE masks, validated reading and writing) and COCO mask AP.
+"""Predictions as COCO results JSON (RLE masks, validated reading and writing), and COCO mask AP.
 
 A predictions file is a JSON list with one dict per detection: ``image_id`` (the dataset's
 image id string), ``category_id`` (1..K), ``segmentation`` (pycocotools RLE with str counts)
-and ``score``; ``bbox`` ``[x, y, w, h]`` is optional. :mod:`mnc_teach.evaluation.sds` scores such lists (mAP^r); :func:`coco_evaluate` gives
-pycocotools' COCO-style AP of the same list.
+and ``score``; ``bbox`` ``[x, y, w, h]`` is optional. :mod:`mnc_teach.evaluation.sds` scores
+such lists (mAP^r); :func:`coco_evaluate` gives pycocotools' COCO-style AP of the same list.
 
 Shape legend (structures.py): D detections in one image, H, W image size, K foreground classes.
 """
@@ -29,13 +29,19 @@ from torch import Tensor
 from mnc_teach.fileio import write_text_atomically
 from mnc_teach.structures import Target
 
+__all__ = [
+    "COCO_STAT_NAMES", "MASK_BINARIZE_THRESHOLD", "RESULT_KEYS", "check_result", "coco_evaluate",
+    "decode_mask", "detections_to_coco_results", "encode_mask", "encode_masks", "index_images",
+    "load_predictions", "save_predictions",
+]
+
 # MNC_SPEC §8: `PascalVOCSeg._reformat_result` binarises masks at >= 0.4 (`BINARIZE_THRESH`).
 MASK_BINARIZE_THRESHOLD = 0.4
 RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
 COCO_STAT_NAMES = tuple("AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl".split())
 HOW_TO_FIX = (
-    "write predictions with mnc_teach.evaluation.coco.detections_to_coco_results(...) and save_predictions(...): "
-    'a JSON list of {"image_id": str, "category_id": int in 1..K, '
+    "write predictions with mnc_teach.evaluation.coco.detections_to_coco_results(...) and "
+    'save_predictions(...): a JSON list of {"image_id": str, "category_id": int in 1..K, '
     '"segmentation": {"size": [H, W], "counts": str} (pycocotools RLE), "score": float}'
 )
 
@@ -102,9 +108,20 @@ def _rle_run_lengths(counts: str) -> np.ndarray:
 
 
 def check_result(
-    entry: object, where: str, image_ids: Container[str] | None, num_classes: int | None
+    entry: object,
+    where: str,
+    *,
+    image_ids: Container[str] | None = None,
+    num_classes: int | None = None,
 ) -> None:
-    """Raise ``ValueError`` naming ``where`` if ``entry`` is not a valid COCO result dict."""
+    """Raise ``ValueError`` naming ``where`` if ``entry`` is not a valid COCO result dict.
+
+    Args:
+        entry: one element of a predictions list.
+        where: how the error names the entry, e.g. ``"predictions.json: entry 3"``.
+        image_ids: if given, the entry's ``image_id`` must be one of these.
+        num_classes: if given, its ``category_id`` must be in 1..num_classes.
+    """
 
     def fail(problem: str) -> NoReturn:
         raise ValueError(f"{where}: {problem}; {HOW_TO_FIX}")
@@ -186,7 +203,7 @@ def save_predictions(results: list[dict], path: str | Path) -> None:
     """Validate ``results`` and write them as JSON atomically (temp file + rename)."""
     path = Path(path)
     for i, entry in enumerate(results):
-        check_result(entry, f"save_predictions({path}): entry {i}", None, None)
+        check_result(entry, f"save_predictions({path}): entry {i}")
     write_text_atomically(path, json.dumps(results))
 
 
@@ -215,7 +232,7 @@ def load_predictions(
             f"{path} holds a {type(results).__name__}, expected a list of results; {HOW_TO_FIX}"
         )
     for i, entry in enumerate(results):
-        check_result(entry, f"{path}: entry {i}", image_ids, num_classes)
+        check_result(entry, f"{path}: entry {i}", image_ids=image_ids, num_classes=num_classes)
     return results
 
 
@@ -226,7 +243,8 @@ def index_images(ground_truth: list[Target], num_classes: int) -> dict[str, int]
         image_id = target.get("image_id")
         if not isinstance(image_id, str) or image_id in index:
             raise ValueError(
-                f"ground truth {i} has a missing or duplicate image_id {image_id!r}; ids must be unique str"
+                f"ground truth {i} has a missing or duplicate image_id {image_id!r}; "
+                "ids must be unique str"
             )
         labels = target["labels"]
         if len(labels) and (labels.min() < 1 or labels.max() > num_classes):
@@ -241,6 +259,7 @@ def coco_evaluate(
     predictions: list[dict],
     ground_truth: list[Target],
     class_names: Sequence[str],
+    *,
     verbose: bool = False,
     check: bool = True,
 ) -> dict[str, float]:
@@ -248,10 +267,17 @@ def coco_evaluate(
 
     Image ids are mapped to ints 1..len(ground_truth) in order. Void pixels: pycocotools has
     no void label, so they are simply not part of any GT mask; a prediction covering void
-    pixels is penalised here (unlike :func:`mask_iou`). An optional ``bbox`` is dropped from
-    the results so ``loadRes`` takes each detection's area from its mask (with a bbox present
-    it would use the box area for the small/medium/large ranges). ``check``: as in
-    :func:`evaluate_sds`.
+    pixels is penalised here (unlike :func:`~mnc_teach.evaluation.sds.mask_iou`). An optional
+    ``bbox`` is dropped from the results so ``loadRes`` takes each detection's area from its
+    mask (with a bbox present it would use the box area for the small/medium/large ranges).
+
+    Args:
+        predictions: COCO result dicts (see the module docstring).
+        ground_truth: one Target per image, with a unique str ``image_id``.
+        class_names: "background" first; K = len(class_names) - 1.
+        verbose: print pycocotools' summary table.
+        check: validate every prediction first (:func:`check_result`); ``False`` for callers
+            that already did, e.g. with :func:`load_predictions`.
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"};
@@ -260,25 +286,11 @@ def coco_evaluate(
     """
     num_classes = len(class_names) - 1
     image_index = index_images(ground_truth, num_classes)
-    categories = [{"id": k, "name": class_names[k]} for k in range(1, num_classes + 1)]
-    images, annotations = [], []
-    for i, target in enumerate(ground_truth):
-        height, width = (int(side) for side in target["masks"].shape[-2:])
-        images.append(
-            {"id": i + 1, "file_name": target["image_id"], "height": height, "width": width}
-        )
-        for rle, label in zip(
-            encode_masks(target["masks"]), target["labels"].tolist(), strict=True
-        ):
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": label, "iscrowd": 0,
-                 "segmentation": rle, "area": float(mask_utils.area(rle)),
-                 "bbox": mask_utils.toBbox(rle).tolist()}
-            )  # fmt: skip
     results = []
     for p, entry in enumerate(predictions):
         if check:
-            check_result(entry, f"prediction {p}", image_index, num_classes)
+            where = f"prediction {p}"
+            check_result(entry, where, image_ids=image_index, num_classes=num_classes)
         results.append(
             {key: entry[key] for key in RESULT_KEYS}
             | {"image_id": image_index[entry["image_id"]] + 1}
@@ -286,14 +298,12 @@ def coco_evaluate(
 
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
-        coco_gt.createIndex()
+        coco_gt = _coco_dataset(ground_truth, class_names)
         if results:
             coco_dt = coco_gt.loadRes(results)
         else:  # loadRes indexes results[0]; an empty result set is evaluated as such
             coco_dt = COCO()
-            coco_dt.dataset = {"images": images, "annotations": [], "categories": categories}
+            coco_dt.dataset = {**coco_gt.dataset, "annotations": []}
             coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
         evaluator.evaluate()
@@ -305,3 +315,26 @@ def coco_evaluate(
         name: float(value) if value >= 0 else math.nan
         for name, value in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)
     }
+
+
+def _coco_dataset(ground_truth: list[Target], class_names: Sequence[str]) -> COCO:
+    """The ground truth as a pycocotools ``COCO`` object: image ``i`` gets id ``i + 1``, each
+    instance one annotation with its RLE mask, area and box (none is a crowd)."""
+    categories = [{"id": k, "name": class_names[k]} for k in range(1, len(class_names))]
+    images, annotations = [], []
+    for i, target in enumerate(ground_truth):
+        height, width = (int(side) for side in target["masks"].shape[-2:])
+        images.append(
+            {"id": i + 1, "file_name": target["image_id"], "height": height, "width": width}
+        )
+        rles = encode_masks(target["masks"])
+        for rle, label in zip(rles, target["labels"].tolist(), strict=True):
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": label,
+                "iscrowd": 0, "segmentation": rle, "area": float(mask_utils.area(rle)),
+                "bbox": mask_utils.toBbox(rle).tolist(),
+            })
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    coco.createIndex()
+    return coco

@@ -1,4 +1,5 @@
-"""The numbers ``python -m mnc_teach evaluate`` prints: mAP^r (SDS) and COCO AP of one predictions list."""
+"""The numbers ``python -m mnc_teach evaluate`` prints: mAP^r (SDS) and COCO AP of one
+predictions list."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ def evaluate_predictions(
     predictions: list[dict],
     ground_truth: list[Target],
     class_names: Sequence[str],
+    *,
     check: bool = True,
 ) -> dict:
     """Both protocols in one JSON-ready dict (NaN -> None), for the CLI.
@@ -28,9 +30,10 @@ def evaluate_predictions(
         :meth:`SDSResult.table`, for printing.
     """
     if check:
-        image_ids, num_classes = {target.get("image_id") for target in ground_truth}, len(class_names) - 1
+        image_ids = {target.get("image_id") for target in ground_truth}
         for p, entry in enumerate(predictions):
-            check_result(entry, f"prediction {p}", image_ids, num_classes)
+            where = f"prediction {p}"
+            check_result(entry, where, image_ids=image_ids, num_classes=len(class_names) - 1)
     sds = evaluate_sds(predictions, ground_truth, class_names, check=False)
     coco = coco_evaluate(predictions, ground_truth, class_names, check=False)
     coco_json = {name: json_float(value) for name, value in coco.items()}

@@ -2,8 +2,8 @@
 
 Predictions travel as a COCO results list: one dict per detection with ``image_id`` (the
 dataset's id string), ``category_id`` (1..K), ``segmentation`` (RLE with str counts) and
-``score``; :mod:`mnc_teach.evaluation.coco` reads, writes and checks such files. Ground truth is the list
-of Target dicts a dataset returns (structures.py).
+``score``; :mod:`mnc_teach.evaluation.coco` reads, writes and checks such files. Ground truth
+is the list of Target dicts a dataset returns (structures.py).
 
 Shape legend (structures.py): D detections in one image, G ground-truth instances in one
 image, H, W image size, K foreground classes; N detections of one class over the whole set.
@@ -23,6 +23,12 @@ from torch import Tensor
 from mnc_teach.evaluation.coco import check_result, encode_mask, encode_masks, index_images
 from mnc_teach.structures import Target
 
+__all__ = [
+    "AP_METHODS", "SDS_IOU_THRESHOLDS", "ClassMatches", "SDSResult", "average_precision",
+    "class_mask_ious", "evaluate_sds", "json_float", "mask_iou", "match_detections",
+    "rle_mask_iou",
+]
+
 # MNC_SPEC §9.1 (paper §5; `_py_evaluate_segmentation`): mAP^r at mask IoU 0.5 and 0.7.
 SDS_IOU_THRESHOLDS = (0.5, 0.7)
 # "area": SDS reference code / VOC2010+; "voc07": 11-point, MNC's `voc_ap(rec, prec, True)`.
@@ -32,7 +38,6 @@ AP_METHODS = ("area", "voc07")
 VOC07_RECALL_POINTS = np.arange(11) / 10
 
 
-# ----------------------------------------------------------------------------- mAP^r (SDS)
 def mask_iou(pred_masks: Tensor, gt_masks: Tensor, ignore: Tensor | None = None) -> Tensor:
     """Pairwise mask IoU ``|P n G| / |P u G|`` with void pixels removed from the predictions.
 
@@ -42,12 +47,14 @@ def mask_iou(pred_masks: Tensor, gt_masks: Tensor, ignore: Tensor | None = None)
         ignore (Tensor[H, W], 1 = void) | None
 
     Returns:
-        Tensor[D, G], float64 (so that e.g. 7/10 >= 0.7 holds exactly); 0 where the union is empty.
+        Tensor[D, G], float64 (so that e.g. 7/10 >= 0.7 holds exactly); 0 where the union is
+        empty.
     """
     pred, gt = torch.as_tensor(pred_masks) != 0, torch.as_tensor(gt_masks) != 0
     if pred.ndim != 3 or gt.ndim != 3 or pred.shape[1:] != gt.shape[1:]:
         raise ValueError(
-            f"mask_iou got pred {tuple(pred.shape)} and gt {tuple(gt.shape)}; expected [D,H,W], [G,H,W]"
+            f"mask_iou got pred {tuple(pred.shape)} and gt {tuple(gt.shape)}; "
+            "expected [D, H, W] and [G, H, W]"
         )
     if ignore is not None:
         pred = pred & (torch.as_tensor(ignore) == 0)  # (D, H, W) & (H, W)
@@ -65,8 +72,9 @@ def rle_mask_iou(
     """:func:`mask_iou` computed on RLEs by pycocotools, without decoding.
 
     Same numbers as ``mask_iou`` on the decoded masks (float64 [D, G]), but it works on runs
-    instead of pixels, hundreds of times faster on VOC-sized images; :func:`evaluate_sds`
-    uses it. Void pixels are cut from each prediction by an RLE intersection first.
+    instead of pixels, which is much faster on large images (``benchmarks/evaluation.py``);
+    :func:`evaluate_sds` uses it. Void pixels are cut from each prediction by an RLE
+    intersection first.
     """
     if not pred_rles or not gt_rles:
         return np.zeros((len(pred_rles), len(gt_rles)))
@@ -114,6 +122,7 @@ def match_detections(
     scores: np.ndarray,
     image_indices: np.ndarray,
     ious: Sequence[np.ndarray],
+    *,
     num_gt_per_image: Sequence[int],
     iou_threshold: float,
 ) -> ClassMatches:
@@ -130,6 +139,7 @@ def match_detections(
         ious: N arrays; ``ious[n]`` holds detection n's IoU with each GT of the class in its
             image (length ``num_gt_per_image[image_indices[n]]``, possibly 0).
         num_gt_per_image: GT instances of the class in each image.
+        iou_threshold: the least mask IoU of a match (0.5 or 0.7 for mAP^r).
     """
     matched = [np.zeros(count, dtype=bool) for count in num_gt_per_image]
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -219,7 +229,8 @@ class SDSResult:
 def class_mask_ious(
     predictions: list[dict], ground_truth: list[Target], image_index: dict[str, int]
 ) -> list[np.ndarray]:
-    """Each prediction's mask IoU with the GT instances of its class in its image (SDS matching's input).
+    """Each prediction's mask IoU with the GT instances of its class in its image (the input of
+    SDS matching).
 
     ``image_index`` maps image_id -> position in ``ground_truth``; the predictions are valid
     (``check_result``). IoUs come from one :func:`rle_mask_iou` call per image (void removed).
@@ -249,7 +260,7 @@ def class_mask_ious(
             pred_rles, encode_masks(target["masks"]), target.get("ignore")
         )  # (D, G)
         gt_labels = target["labels"].cpu().numpy()
-        for p, det_ious in zip(pred_ids, ious, strict=True):  # keep the GT of the detection's class
+        for p, det_ious in zip(pred_ids, ious, strict=True):  # the GT of the detection's class
             pred_ious[p] = det_ious[gt_labels == predictions[p]["category_id"]]
     return pred_ious
 
@@ -258,6 +269,7 @@ def evaluate_sds(
     predictions: list[dict],
     ground_truth: list[Target],
     class_names: Sequence[str],
+    *,
     iou_thresholds: Sequence[float] = SDS_IOU_THRESHOLDS,
     check: bool = True,
 ) -> SDSResult:
@@ -267,8 +279,8 @@ def evaluate_sds(
     image, all detections against all GT in one :func:`rle_mask_iou` call (no decoding).
 
     ``check=False`` skips validating each prediction, for callers that already did
-    (``load_predictions`` with ``image_ids`` and ``num_classes``): on VOC-sized sets a pass
-    costs about 80 µs a prediction, tens of seconds for 500k predictions.
+    (``load_predictions`` with ``image_ids`` and ``num_classes``): the check decodes every
+    RLE string in Python, which adds up on large lists (``benchmarks/evaluation.py``).
 
     Raises:
         ValueError naming the prediction (index) or image that is wrong: unknown image_id,
@@ -278,11 +290,14 @@ def evaluate_sds(
     image_index = index_images(ground_truth, num_classes)
     if check:
         for p, entry in enumerate(predictions):
-            check_result(entry, f"prediction {p}", image_index, num_classes)
+            check_result(
+                entry, f"prediction {p}", image_ids=image_index, num_classes=num_classes
+            )
     pred_ious = class_mask_ious(predictions, ground_truth, image_index)
     num_gt_per_image = np.zeros((len(ground_truth), num_classes), dtype=np.int64)  # [images, K]
     for i, target in enumerate(ground_truth):
-        num_gt_per_image[i] = np.bincount(target["labels"].cpu().numpy() - 1, minlength=num_classes)
+        labels = target["labels"].cpu().numpy()
+        num_gt_per_image[i] = np.bincount(labels - 1, minlength=num_classes)
 
     categories = np.array([entry["category_id"] for entry in predictions], dtype=np.int64)
     scores = np.array([entry["score"] for entry in predictions], dtype=np.float64)
@@ -294,7 +309,11 @@ def evaluate_sds(
         dets = np.nonzero(categories == k + 1)[0]  # input order, so ties keep it
         for t in thresholds:
             matches = match_detections(
-                scores[dets], images[dets], [pred_ious[d] for d in dets], num_gt_per_image[:, k], t
+                scores[dets],
+                images[dets],
+                [pred_ious[d] for d in dets],
+                num_gt_per_image=num_gt_per_image[:, k],
+                iou_threshold=t,
             )
             recall, precision = matches.precision_recall()
             curves[t].append((recall, precision))
