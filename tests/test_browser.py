@@ -33,37 +33,45 @@ from mnc_teach.data import generate_shapes
 from mnc_teach.engine.loop import train
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 DEMO = Path(__file__).resolve().parent / "browser" / "stage_explorer_demo.ipynb"
 SERVER_START_S = 90  # generous everywhere: the CPU may be shared with other jobs
 PAGE_TIMEOUT_MS = 90_000  # page load, kernel start, model load and first figure each take seconds
 REDRAW_TIMEOUT_MS = 60_000
-KERNEL_IDLE = re.compile(r"^(?!No Kernel).* \| Idle$")  # the status bar's kernel item, e.g. "Python 3 (ipykernel) | Idle"
+# the status bar's kernel item, e.g. "Python 3 (ipykernel) | Idle"
+KERNEL_IDLE = re.compile(r"^(?!No Kernel).* \| Idle$")
 FIGURE_IMG = ".jp-OutputArea-output .jupyter-widgets img[src^='data:image/png']"
-# A few seconds of training: enough for proposals on the objects and mask-shaped masks in the screenshot.
+# A few seconds of training: enough for proposals on the objects and mask-shaped masks in the
+# screenshot.
 TRAIN_IMAGES, TRAIN_STEPS = 16, 40
-# JupyterLab settings of the throw-away config folder: no news pop-up, no update check (both go online).
+# JupyterLab settings of the throw-away config folder: no news pop-up, no update check (both go
+# online).
 NOTIFICATION_SETTINGS = {"fetchNews": "false", "checkForUpdates": False}
 
 
 def require_browser():
-    """Playwright's sync API, or skip (fail under MNC_REQUIRE_BROWSER=1) when it or Chromium is missing."""
+    """Playwright's sync API, or skip (fail under MNC_REQUIRE_BROWSER=1) when it or Chromium is
+    missing."""
     required = os.environ.get("MNC_REQUIRE_BROWSER") == "1"
     problem = None
     if not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing; install Debian's chromium (sudo apt-get install chromium) to run this test"
+        problem = (f"{CHROMIUM} is missing; install Debian's chromium (sudo apt-get install "
+                   "chromium) to run this test")
     try:
         from playwright import sync_api
     except ImportError:
-        problem = problem or "the playwright package is missing; run `make venv` (it is in the dev extra)"
+        problem = problem or ("the playwright package is missing; run `make venv` (it is in the "
+                              "dev extra)")
     if problem:
         (pytest.fail if required else pytest.skip)(problem)
     return sync_api
 
 
-@pytest.mark.parametrize("required, outcome", [("", pytest.skip.Exception), ("1", pytest.fail.Exception)])
-def test_missing_chromium_skips_here_and_fails_in_ci(required: str, outcome, monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("required, outcome",
+                         [("", pytest.skip.Exception), ("1", pytest.fail.Exception)])
+def test_missing_chromium_skips_here_and_fails_in_ci(required: str, outcome, monkeypatch,
+                                                     tmp_path: Path) -> None:
     monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
     monkeypatch.setenv("MNC_REQUIRE_BROWSER", required)
     with pytest.raises(outcome, match="apt-get install chromium"):
@@ -72,8 +80,8 @@ def test_missing_chromium_skips_here_and_fails_in_ci(required: str, outcome, mon
 
 def test_demo_notebook_committed_without_outputs() -> None:
     notebook = nbformat.read(DEMO, as_version=4)
-    assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in notebook.cells), (
-        f"{DEMO}: clear its outputs before committing")
+    assert all(not cell.get("outputs") and not cell.get("execution_count")
+               for cell in notebook.cells), f"{DEMO}: clear its outputs before committing"
 
 
 def _free_port() -> int:
@@ -91,7 +99,8 @@ def _stop(server: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(server.pid, signal.SIGKILL)  # a kernel left behind; the server leads its own session
+        # a kernel left behind; the server leads its own session
+        os.killpg(server.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     server.wait(timeout=10)
@@ -99,40 +108,49 @@ def _stop(server: subprocess.Popen) -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    """A JupyterLab server on a tiny trained model; yields (base URL, token, log path, notebook name)."""
+    """A JupyterLab server on a tiny trained model; yields (base URL, token, log path, notebook
+    name)."""
     require_browser()
     data_root = tmp_path / "data"
-    generate_shapes(data_root / "shapes", seed=0, num_train=TRAIN_IMAGES, num_val=4, progress=False)
+    generate_shapes(data_root / "shapes", seed=0, num_train=TRAIN_IMAGES, num_val=4,
+                    progress=False)
     cfg = override(get_preset("shapes-cpu"), "data.root", str(data_root / "shapes"))
-    train(shortened(override(cfg, "train.images_per_batch", 2), TRAIN_STEPS), tmp_path / "run", callbacks=())
+    train(shortened(override(cfg, "train.images_per_batch", 2), TRAIN_STEPS), tmp_path / "run",
+          callbacks=())
     root_dir = tmp_path / "lab"
     root_dir.mkdir()
-    shutil.copy(DEMO, root_dir / DEMO.name)  # JupyterLab autosaves outputs into its copy, not into tests/
+    # JupyterLab autosaves outputs into its copy, not into tests/
+    shutil.copy(DEMO, root_dir / DEMO.name)
     config_dir = tmp_path / "jupyter_config"
-    settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    settings = (config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+                / "notification.jupyterlab-settings")
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps(NOTIFICATION_SETTINGS))
-    env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}  # the kernel's inline backend
-    env |= {"JUPYTER_CONFIG_DIR": str(config_dir), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter_runtime"),
+    # without MPLBACKEND: the kernel's inline backend
+    env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
+    env |= {"JUPYTER_CONFIG_DIR": str(config_dir),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter_runtime"),
             "IPYTHONDIR": str(tmp_path / "ipython"), "MNC_DATA_ROOT": str(data_root),
-            "MNC_DEMO_CHECKPOINT": str(tmp_path / "run" / "checkpoint.pt")}  # fmt: skip
+            "MNC_DEMO_CHECKPOINT": str(tmp_path / "run" / "checkpoint.pt")}
     port, token = _free_port(), secrets.token_hex(16)
-    command = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
-               "--LabApp.extension_manager=readonly"]  # fmt: skip  # readonly: never asks PyPI
+    command = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser",
+               "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={root_dir}",
+               "--LabApp.extension_manager=readonly"]  # readonly: never asks PyPI
     if os.geteuid() == 0:
         command.append("--allow-root")
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root_dir,
-                                  start_new_session=True)  # fmt: skip
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  cwd=root_dir, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if server.poll() is not None:
-                pytest.fail(f"jupyter lab exited with {server.returncode}:\n{log_path.read_text()}")
+                pytest.fail(f"jupyter lab exited with {server.returncode}:\n"
+                            f"{log_path.read_text()}")
             try:
                 with direct.open(f"{base}/api/status?token={token}", timeout=5) as reply:
                     if reply.status == 200:
@@ -140,7 +158,8 @@ def lab(tmp_path: Path):
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"jupyter lab did not answer within {SERVER_START_S} s:\n{log_path.read_text()}")
+                pytest.fail(f"jupyter lab did not answer within {SERVER_START_S} s:\n"
+                            f"{log_path.read_text()}")
             time.sleep(0.5)
         yield base, token, log_path, DEMO.name
     finally:
@@ -152,19 +171,26 @@ def test_stage_explorer_slider_redraws_in_jupyterlab(lab, tmp_path: Path) -> Non
     sync_api = require_browser()
     base, token, log_path, notebook = lab
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS,
+                                             headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         try:
             page.goto(f"{base}/lab/tree/{notebook}?token={token}", timeout=PAGE_TIMEOUT_MS)
-            # Run only once the kernel is connected: before that, JupyterLab asks which kernel to start.
-            page.locator(".jp-StatusBar-TextItem", has_text=KERNEL_IDLE).wait_for(timeout=PAGE_TIMEOUT_MS)
+            # Run only once the kernel is connected: before that, JupyterLab asks which kernel
+            # to start.
+            kernel_item = page.locator(".jp-StatusBar-TextItem", has_text=KERNEL_IDLE)
+            kernel_item.wait_for(timeout=PAGE_TIMEOUT_MS)
             page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            run_all = re.compile(r"^Run All Cells$")
+            page.locator(".lm-Menu-itemLabel", has_text=run_all).click()
             figure = page.locator(FIGURE_IMG)
             figure.wait_for(timeout=PAGE_TIMEOUT_MS)
-            explorer = page.locator(".jp-OutputArea-output > .widget-vbox").first  # StageExplorer.widget
-            image_slider = explorer.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(r"^image$")))
-            readout, status = image_slider.locator(".widget-readout"), explorer.locator(".widget-html-content")
+            # StageExplorer.widget
+            explorer = page.locator(".jp-OutputArea-output > .widget-vbox").first
+            image_label = page.locator(".widget-label", has_text=re.compile(r"^image$"))
+            image_slider = explorer.locator(".widget-slider", has=image_label)
+            readout = image_slider.locator(".widget-readout")
+            status = explorer.locator(".widget-html-content")
             before = figure.get_attribute("src")
             status_before = status.inner_text()
             explorer.screenshot(path=tmp_path / "explorer_before.png")
@@ -173,7 +199,8 @@ def test_stage_explorer_slider_redraws_in_jupyterlab(lab, tmp_path: Path) -> Non
             image_slider.locator(".noUi-handle").focus()
             page.keyboard.press("ArrowRight")
             page.wait_for_function(
-                "([selector, old]) => { const img = document.querySelector(selector); return img && img.src !== old; }",
+                "([selector, old]) => { const img = document.querySelector(selector); "
+                "return img && img.src !== old; }",
                 arg=[FIGURE_IMG, before], timeout=REDRAW_TIMEOUT_MS,
             )
             after = page.locator(FIGURE_IMG).get_attribute("src")
@@ -182,12 +209,16 @@ def test_stage_explorer_slider_redraws_in_jupyterlab(lab, tmp_path: Path) -> Non
             readout_after, status_after = readout.inner_text().strip(), status.inner_text()
         except BaseException:
             page.screenshot(path=tmp_path / "failure.png")
-            print(f"failure screenshot: {tmp_path / 'failure.png'}\njupyter lab log:\n{log_path.read_text()}")
+            print(f"failure screenshot: {tmp_path / 'failure.png'}\n"
+                  f"jupyter lab log:\n{log_path.read_text()}")
             raise
         finally:
             browser.close()
-    print(f"screenshots in {tmp_path}: explorer_before.png, explorer_after.png, before.png, after.png")
+    print(f"screenshots in {tmp_path}: explorer_before.png, explorer_after.png, before.png, "
+          "after.png")
     assert status_before.startswith("image 0 of 4 (val_000000)"), status_before
-    assert readout_after == "1" and status_after.startswith("image 1 of 4 (val_000001)"), status_after
-    assert before.startswith("data:image/png;base64,") and after.startswith("data:image/png;base64,")
+    assert readout_after == "1"
+    assert status_after.startswith("image 1 of 4 (val_000001)"), status_after
+    assert before.startswith("data:image/png;base64,")
+    assert after.startswith("data:image/png;base64,")
     assert after != before

@@ -1,11 +1,12 @@
-"""viz_eval: every figure draws what it was given, counted by gid and read back from the artists."""
+"""viz.evaluation: every figure draws what it was given, counted by gid and read back from
+the artists."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from test_evaluation_sds import CLASSES, rect, synthetic_set
+from fakes import CLASSES, rect, synthetic_set
 
 from mnc_teach.evaluation.sds import average_precision, evaluate_sds
 from mnc_teach.viz.common import count_artists
@@ -71,7 +72,8 @@ def test_draw_matching_counts_and_places_captions() -> None:
     assert count_artists(fig, GID_TP_MASK) == 1 and count_artists(fig, GID_FP_MASK) == 2
     labels = _by_gid(fig, GID_DET_LABEL)
     assert [t.get_text() for t in labels] == ["#1", "#2", "#3"]
-    assert [t.get_position() for t in labels] == [(0, 0), (0, 1), (5, 15)]  # (x, y) of each mask's corner
+    # (x, y) of each mask's corner
+    assert [t.get_position() for t in labels] == [(0, 0), (0, 1), (5, 15)]
     (tp_overlay,) = _by_gid(fig, GID_TP_MASK)
     alpha = tp_overlay.get_array()[..., 3]  # filled, with an opaque boundary
     assert (alpha > 0).sum() == dets[0].sum() and (alpha == 1).sum() == mask_outline(dets[0]).sum()
@@ -95,9 +97,10 @@ def test_draw_ap_variants_shades_the_area_ap_and_marks_the_voc07_points() -> Non
     assert shaded == pytest.approx(average_precision(recall, precision, "area"))
     (points,) = _by_gid(fig, GID_VOC07_POINTS)
     np.testing.assert_allclose(points.get_xdata(), np.arange(11) / 10)
-    assert np.mean(points.get_ydata()) == pytest.approx(average_precision(recall, precision, "voc07"))
+    voc07_ap = average_precision(recall, precision, "voc07")
+    assert np.mean(points.get_ydata()) == pytest.approx(voc07_ap)
     assert count_artists(fig, GID_ENVELOPE) == 1 and count_artists(fig, GID_PR_CURVE) == 1
-    area_ap, voc07_ap = average_precision(recall, precision, "area"), average_precision(recall, precision, "voc07")
+    area_ap = average_precision(recall, precision, "area")
     assert fig.axes[0].get_title() == f"toy: area AP {area_ap:.3f}, VOC07 AP {voc07_ap:.3f}"
 
 
@@ -110,7 +113,8 @@ def test_draw_pr_curves_one_line_per_class_and_threshold() -> None:
     ax = fig.axes[drawable[0]]
     np.testing.assert_array_equal(ax.lines[1].get_ydata(), sds.curves[0.7][drawable[0]][1])
     assert ax.get_title() == CLASSES[1 + drawable[0]]
-    assert ax.get_legend().get_texts()[0].get_text() == f"IoU 0.5: AP {sds.ap['area'][0.5][drawable[0]]:.3f}"
+    ap = sds.ap["area"][0.5][drawable[0]]
+    assert ax.get_legend().get_texts()[0].get_text() == f"IoU 0.5: AP {ap:.3f}"
 
     no_gt = {0.5: [(np.full(2, np.nan), np.array([0.0, 0.0])), (np.zeros(0), np.zeros(0))]}
     fig = draw_pr_curves(no_gt, ["circle", "square"])
@@ -123,7 +127,8 @@ def test_draw_failure_gallery_rows_items_and_crops() -> None:
     image = torch.rand(3, 64, 64)
     gt, pred = rect(10, 20, 10, 20, side=64).numpy(), rect(12, 22, 40, 50, side=64).numpy()
     rows = {
-        "false positives": [GalleryItem(image, None, pred, "fp 0.9"), GalleryItem(image, gt, pred, "fp 0.8")],
+        "false positives": [GalleryItem(image, None, pred, "fp 0.9"),
+                            GalleryItem(image, gt, pred, "fp 0.8")],
         "missed instances": [],
         "poor masks": [GalleryItem(image, gt, None, "missed")],
     }

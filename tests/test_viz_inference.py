@@ -1,4 +1,5 @@
-"""viz_inference: every figure draws what it was given, counted by gid and read back from the artists."""
+"""viz.inference: box refinement and mask voting draw what they were given, counted by gid and
+read back from the artists."""
 
 from __future__ import annotations
 
@@ -8,96 +9,29 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from mnc_teach.viz.common import GID_GT, count_artists, moving_average
+from mnc_teach.viz.common import GID_GT, count_artists
 from mnc_teach.viz.inference import (
     GID_KEPT_BOX,
     GID_OWN_MASK,
     GID_REFINED_BOX,
-    GID_RUN_CURVE,
     GID_SHIFT,
     GID_STAGE1_BOX,
     GID_VOTED_BOX,
     GID_VOTED_MASK,
     GID_VOTER_BOX,
     draw_box_refinement,
-    draw_history_comparison,
     draw_mask_voting,
 )
 
 
 def _rects(fig, gid: str) -> list[Rectangle]:
-    return [a for ax in fig.axes for a in ax.get_children() if isinstance(a, Rectangle) and a.get_gid() == gid]
+    return [a for ax in fig.axes for a in ax.get_children()
+            if isinstance(a, Rectangle) and a.get_gid() == gid]
 
 
 def _xyxy(rect: Rectangle) -> list[float]:
     x, y = rect.get_xy()
     return [x, y, x + rect.get_width(), y + rect.get_height()]
-
-
-def _history(scale: float, num_steps: int = 6, with_s4: bool = True) -> list[dict[str, float]]:
-    steps = []
-    for s in range(1, num_steps + 1):
-        entry = {"step": s, "loss_rpn_obj": scale / s, "loss_mask": 2 * scale / s}
-        if with_s4:
-            entry["loss_mask_s4"] = 3 * scale / s
-        entry["total"] = sum(v for k, v in entry.items() if k.startswith("loss_"))
-        steps.append(entry)
-    return steps
-
-
-# ----------------------------------------------------------------------------- moving_average
-
-
-def test_moving_average_matches_hand_computed_trailing_means() -> None:
-    values = [1.0, 3.0, 5.0, 7.0]
-    np.testing.assert_allclose(moving_average(values, 2), [1.0, 2.0, 4.0, 6.0])
-    np.testing.assert_allclose(moving_average(values, 3), [1.0, 2.0, 3.0, 5.0])
-    np.testing.assert_allclose(moving_average(values, 1), values)
-    np.testing.assert_allclose(moving_average(values, 10), np.cumsum(values) / np.arange(1, 5))
-
-
-def test_moving_average_rejects_zero_window() -> None:
-    with pytest.raises(ValueError, match="window"):
-        moving_average([1.0], 0)
-
-
-# ----------------------------------------------------------------------------- draw_history_comparison
-
-
-def test_history_comparison_one_panel_per_term_and_one_line_per_run() -> None:
-    runs = {"a": _history(1.0), "b": _history(2.0)}
-    fig = draw_history_comparison(runs, ncols=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["rpn_obj", "mask", "mask_s4", "total"]
-    assert count_artists(fig, GID_RUN_CURVE) == 2 * 4
-    first = fig.axes[0]
-    assert [line.get_label() for line in first.lines] == ["a", "b"]
-    np.testing.assert_allclose(first.lines[1].get_ydata(), [2.0 / s for s in range(1, 7)])
-    np.testing.assert_allclose(first.lines[1].get_xdata(), range(1, 7))
-
-
-def test_history_comparison_smooths_and_skips_missing_terms() -> None:
-    runs = {"5 stages": _history(1.0), "3 stages": _history(1.0, with_s4=False)}
-    fig = draw_history_comparison(runs, terms=["loss_mask", "loss_mask_s4"], smooth=3, ncols=3)
-    assert count_artists(fig, GID_RUN_CURVE) == 2 + 1  # the 3-stage run has no loss_mask_s4
-    mask_line = fig.axes[0].lines[0]
-    expected = moving_average([2.0 / s for s in range(1, 7)], 3)
-    np.testing.assert_allclose(mask_line.get_ydata(), expected)
-    assert not fig.axes[2].axison  # the unused third panel is hidden
-    assert fig.axes[0].get_yscale() == "linear"  # values span less than a factor of 10
-
-
-def test_history_comparison_log_scale_only_for_wide_ranges() -> None:
-    wide = [{"step": s, "loss_a": 10.0 ** -s, "loss_b": 1.0 + s / 10} for s in range(1, 4)]
-    fig = draw_history_comparison({"run": wide}, terms=["loss_a", "loss_b"], ncols=2)
-    assert [ax.get_yscale() for ax in fig.axes] == ["log", "linear"]
-    fig = draw_history_comparison({"run": wide}, terms=["loss_a"], ncols=1, log_scale=False)
-    assert fig.axes[0].get_yscale() == "linear"
-
-
-def test_history_comparison_rejects_no_runs() -> None:
-    with pytest.raises(ValueError, match="no runs"):
-        draw_history_comparison({})
 
 
 # ----------------------------------------------------------------------------- draw_box_refinement
@@ -117,8 +51,9 @@ def test_box_refinement_draws_pairs_and_arrows_between_centres() -> None:
     assert [_xyxy(r) for r in _rects(fig, GID_REFINED_BOX)] == after.tolist()
     arrows = [a for a in fig.axes[0].texts if a.get_gid() == GID_SHIFT]
     for arrow, b, a in zip(arrows, before.tolist(), after.tolist(), strict=True):
-        assert arrow.xyann == pytest.approx(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))  # from the stage-1 centre
-        assert arrow.xy == pytest.approx(((a[0] + a[2]) / 2, (a[1] + a[3]) / 2))  # to the refined centre
+        # from the stage-1 centre to the refined centre
+        assert arrow.xyann == pytest.approx(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+        assert arrow.xy == pytest.approx(((a[0] + a[2]) / 2, (a[1] + a[3]) / 2))
     # a refined box keeps the colour of its stage-1 box
     for r1, r2 in zip(_rects(fig, GID_STAGE1_BOX), _rects(fig, GID_REFINED_BOX), strict=True):
         assert r1.get_edgecolor() == r2.get_edgecolor()
@@ -146,7 +81,8 @@ def _voting_inputs():
     own[5:15, 10:20] = 0.9
     voted = torch.zeros(height, width)
     voted[6:16, 9:21] = 0.7
-    voter_boxes = torch.tensor([[10.0, 5.0, 20.0, 15.0], [9.0, 6.0, 21.0, 16.0], [11.0, 5.0, 19.0, 14.0]])
+    voter_boxes = torch.tensor([[10.0, 5.0, 20.0, 15.0], [9.0, 6.0, 21.0, 16.0],
+                                [11.0, 5.0, 19.0, 14.0]])
     weights = torch.tensor([0.5, 0.3, 0.2])
     return torch.rand(3, height, width), own, voter_boxes, weights, voted
 
@@ -154,7 +90,8 @@ def _voting_inputs():
 def test_mask_voting_three_panels_with_every_voter() -> None:
     image, own, voter_boxes, weights, voted = _voting_inputs()
     voted_box = torch.tensor([9.0, 6, 21, 16])
-    fig = draw_mask_voting(image, voter_boxes[0], own, voter_boxes, weights, voted, voted_box=voted_box)
+    fig = draw_mask_voting(image, kept_box=voter_boxes[0], own_mask=own, voter_boxes=voter_boxes,
+                           voter_weights=weights, voted_mask=voted, voted_box=voted_box)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 3
     assert count_artists(fig, GID_KEPT_BOX) == 1
     assert count_artists(fig, GID_OWN_MASK) == 1
@@ -177,4 +114,5 @@ def test_mask_voting_three_panels_with_every_voter() -> None:
 def test_mask_voting_rejects_mismatched_weights() -> None:
     image, own, voter_boxes, weights, voted = _voting_inputs()
     with pytest.raises(ValueError, match="weights"):
-        draw_mask_voting(image, voter_boxes[0], own, voter_boxes, weights[:2], voted)
+        draw_mask_voting(image, kept_box=voter_boxes[0], own_mask=own, voter_boxes=voter_boxes,
+                         voter_weights=weights[:2], voted_mask=voted)

@@ -1,16 +1,14 @@
-"""Pure matplotlib pictures of evaluation (notebook 08); each function returns a ``Figure``.
-
-The companion of ``viz.py`` (same conventions: nothing is kept between calls, single-axes
-functions take an optional ``ax``, and every artist that stands for one object has a ``gid``
-so that ``viz.count_artists(fig, gid)`` counts what was drawn). Only notebooks and widgets
-import this module; the model never does.
+"""Evaluation (notebook 08): mask IoU, matching, precision/recall curves, failures.
 
     mask IoU   draw_mask_iou (the pixels of A only, B only, both)
     matching   draw_matching (GT outlines, detections coloured TP / FP, with captions)
     curves     draw_ap_variants (one PR curve: envelope, area AP, VOC07 points), draw_pr_curves
     failures   draw_failure_gallery (rows of crops: GT outline vs predicted mask)
 
-Shape legend (structures.py): H, W image size, G GT instances, D detections, N points of a curve.
+Conventions: :mod:`mnc_teach.viz.common`.
+
+Shape legend (structures.py): H, W image size, G GT instances, D detections, N points of a
+curve.
 """
 
 from __future__ import annotations
@@ -28,14 +26,15 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from mnc_teach.evaluation.sds import VOC07_RECALL_POINTS, average_precision
-from mnc_teach.viz.common import _as_numpy, _image_hwc, _new_axes, _overlay
+from mnc_teach.viz.common import as_numpy, image_hwc, mask_overlay, new_axes
 
 __all__ = [
-    "GID_IOU_PIXELS", "GID_GT_OUTLINE", "GID_TP_MASK", "GID_FP_MASK", "GID_PRED_MASK", "GID_DET_LABEL",
-    "GID_PR_CURVE", "GID_ENVELOPE", "GID_AP_AREA", "GID_VOC07_POINTS", "IOU_COLORS", "GalleryItem",
+    "GID_IOU_PIXELS", "GID_GT_OUTLINE", "GID_TP_MASK", "GID_FP_MASK", "GID_PRED_MASK",
+    "GID_DET_LABEL", "GID_PR_CURVE", "GID_ENVELOPE", "GID_AP_AREA", "GID_VOC07_POINTS",
+    "IOU_COLORS", "GalleryItem",
     "mask_outline", "draw_mask_iou", "draw_matching", "draw_ap_variants", "draw_pr_curves",
     "draw_failure_gallery",
-]  # fmt: skip
+]
 
 GID_IOU_PIXELS = "iou-pixels"  # the image of draw_mask_iou (one colour per pixel kind)
 GID_GT_OUTLINE = "gt-outline"  # one GT instance, drawn as its boundary pixels
@@ -69,29 +68,30 @@ class GalleryItem(NamedTuple):
 
 
 def mask_outline(mask: np.ndarray | Tensor) -> np.ndarray:
-    """Boundary pixels of a binary mask [H, W]: inside pixels with a 4-neighbour outside (or on the border)."""
-    inside = _as_numpy(mask) != 0
+    """Boundary pixels of a binary mask [H, W]: inside pixels with a 4-neighbour outside (or on
+    the border)."""
+    inside = as_numpy(mask) != 0
     padded = np.pad(inside, 1, constant_values=False)  # (H+2, W+2)
     interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return inside & ~interior
 
 
 def _add_outline(ax: Axes, mask, color, gid: str) -> None:
-    overlay = ax.imshow(_overlay(mask_outline(mask), to_rgb(color), 1.0), interpolation="nearest")
-    overlay.set_gid(gid)
+    outline = mask_overlay(mask_outline(mask), to_rgb(color), 1.0)
+    ax.imshow(outline, interpolation="nearest").set_gid(gid)
 
 
 def _add_fill(ax: Axes, mask, color, gid: str) -> None:
     """The mask filled (MASK_ALPHA) with its boundary opaque, in one image artist."""
-    inside = _as_numpy(mask) != 0
-    rgba = _overlay(inside, to_rgb(color), MASK_ALPHA)  # (H, W, 4)
+    inside = as_numpy(mask) != 0
+    rgba = mask_overlay(inside, to_rgb(color), MASK_ALPHA)  # (H, W, 4)
     rgba[mask_outline(inside), 3] = 1.0
     ax.imshow(rgba, interpolation="nearest").set_gid(gid)
 
 
 def _show_grey(ax: Axes, image: Tensor) -> tuple[int, int]:
-    """The image in grey levels, so that the coloured masks drawn over it stand out; returns (H, W)."""
-    grey = _image_hwc(image) @ LUMA_WEIGHTS  # (H, W, 3) -> (H, W)
+    """The image in grey levels, so that the coloured masks over it stand out; returns (H, W)."""
+    grey = image_hwc(image) @ LUMA_WEIGHTS  # (H, W, 3) -> (H, W)
     ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     return grey.shape
 
@@ -100,17 +100,18 @@ def draw_mask_iou(
     mask_a: np.ndarray | Tensor, mask_b: np.ndarray | Tensor, names: tuple[str, str] = ("A", "B"),
     ax: Axes | None = None, title: str | None = None,
 ) -> Figure:
-    """Two binary masks [H, W] pixel by pixel: A only, B only, both; the title gives IoU = |A n B| / |A u B|.
+    """Two binary masks [H, W] pixel by pixel: A only, B only, both; IoU = |A n B| / |A u B|.
 
     Returns:
         The figure: one image (gid GID_IOU_PIXELS) coloured with IOU_COLORS[kind], kind = A + 2 B
         (0 neither, 1 A only, 2 B only, 3 both), a legend with each kind's pixel count, and pixel
         grid lines when the masks are at most 32 pixels wide.
     """
-    a, b = _as_numpy(mask_a) != 0, _as_numpy(mask_b) != 0
+    a, b = as_numpy(mask_a) != 0, as_numpy(mask_b) != 0
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"viz_eval.draw_mask_iou: masks {a.shape} and {b.shape}; expected two masks [H, W] of one size")
-    fig, ax = _new_axes(ax, (4.0, 4.0))
+        raise ValueError(f"draw_mask_iou: masks {a.shape} and {b.shape}; expected two masks "
+                         "[H, W] of one size")
+    fig, ax = new_axes(ax, (4.0, 4.0))
     kind = a.astype(np.int64) + 2 * b.astype(np.int64)  # (H, W) in 0..3
     ax.imshow(IOU_COLORS[kind], interpolation="nearest").set_gid(GID_IOU_PIXELS)
     height, width = a.shape
@@ -123,19 +124,24 @@ def draw_mask_iou(
         ax.set_axis_off()
     intersection, union = int((a & b).sum()), int((a | b).sum())
     counts = [int((kind == k).sum()) for k in (1, 2, 3)]
-    labels = [f"{names[0]} only ({counts[0]})", f"{names[1]} only ({counts[1]})", f"both ({counts[2]})"]
-    ax.legend(handles=[Patch(facecolor=IOU_COLORS[k], edgecolor="0.4", label=label) for k, label in zip((1, 2, 3), labels, strict=True)],
-              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    labels = [f"{names[0]} only ({counts[0]})", f"{names[1]} only ({counts[1]})",
+              f"both ({counts[2]})"]
+    handles = [Patch(facecolor=IOU_COLORS[k], edgecolor="0.4", label=label)
+               for k, label in zip((1, 2, 3), labels, strict=True)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     iou = intersection / union if union else 0.0
-    ax.set_title(title if title is not None else f"IoU = {intersection} / {union} = {iou:.3f}", fontsize=9)
+    if title is None:
+        title = f"IoU = {intersection} / {union} = {iou:.3f}"
+    ax.set_title(title, fontsize=9)
     return fig
 
 
 def draw_matching(
-    image: Tensor, gt_masks: np.ndarray | Tensor, det_masks: np.ndarray | Tensor, det_is_tp: Sequence[bool],
-    det_captions: Sequence[str], ax: Axes | None = None, title: str | None = None,
+    image: Tensor, gt_masks: np.ndarray | Tensor, det_masks: np.ndarray | Tensor,
+    det_is_tp: Sequence[bool], det_captions: Sequence[str], *, ax: Axes | None = None,
+    title: str | None = None,
 ) -> Figure:
-    """GT instances (gold outlines) and detections (filled, green = TP, red = FP) on one image, shown in grey.
+    """GT instances (gold outlines) and detections (filled, green TP, red FP) on an image in grey.
 
     Args:
         image (Tensor[3, H, W], float in [0, 1]).
@@ -147,12 +153,12 @@ def draw_matching(
         The figure; G outlines (GID_GT_OUTLINE), the D detections as GID_TP_MASK or GID_FP_MASK
         overlays, D captions (GID_DET_LABEL).
     """
-    gts = _as_numpy(gt_masks).reshape(-1, *image.shape[-2:])
-    dets = _as_numpy(det_masks).reshape(-1, *image.shape[-2:])
+    gts = as_numpy(gt_masks).reshape(-1, *image.shape[-2:])
+    dets = as_numpy(det_masks).reshape(-1, *image.shape[-2:])
     if not len(dets) == len(det_is_tp) == len(det_captions):
-        raise ValueError(f"viz_eval.draw_matching: {len(dets)} detection masks, {len(det_is_tp)} TP flags and "
-                         f"{len(det_captions)} captions; pass one of each per detection")  # fmt: skip
-    fig, ax = _new_axes(ax, (4.5, 4.5))
+        raise ValueError(f"draw_matching: {len(dets)} detection masks, {len(det_is_tp)} TP flags "
+                         f"and {len(det_captions)} captions; pass one of each per detection")
+    fig, ax = new_axes(ax, (4.5, 4.5))
     _show_grey(ax, image)
     for mask, is_tp, caption in zip(dets, det_is_tp, det_captions, strict=True):
         color = TP_COLOR if is_tp else FP_COLOR
@@ -160,15 +166,18 @@ def draw_matching(
         rows, cols = np.nonzero(mask)
         x, y = (cols.min(), rows.min()) if len(rows) else (0, 0)
         text = ax.text(x, y, caption, fontsize=7, color="white", va="top",
-                       bbox={"facecolor": color, "alpha": 0.85, "pad": 1, "edgecolor": "none"})  # fmt: skip
+                       bbox={"facecolor": color, "alpha": 0.85, "pad": 1, "edgecolor": "none"})
         text.set_gid(GID_DET_LABEL)
     for mask in gts:
         _add_outline(ax, mask, GT_COLOR, GID_GT_OUTLINE)
-    ax.legend(handles=[Patch(facecolor="none", edgecolor=GT_COLOR, label="ground truth"),
-                       Patch(facecolor=TP_COLOR, alpha=0.6, label="TP"), Patch(facecolor=FP_COLOR, alpha=0.6, label="FP")],
-              fontsize=7, loc="lower left", framealpha=0.8)  # fmt: skip
+    handles = [Patch(facecolor="none", edgecolor=GT_COLOR, label="ground truth"),
+               Patch(facecolor=TP_COLOR, alpha=0.6, label="TP"),
+               Patch(facecolor=FP_COLOR, alpha=0.6, label="FP")]
+    ax.legend(handles=handles, fontsize=7, loc="lower left", framealpha=0.8)
     ax.set_axis_off()
-    ax.set_title(title if title is not None else f"{len(gts)} GT, {len(dets)} detections", fontsize=9)
+    if title is None:
+        title = f"{len(gts)} GT, {len(dets)} detections"
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -185,17 +194,20 @@ def draw_ap_variants(
         (GID_AP_AREA) and one line of 11 markers (GID_VOC07_POINTS).
     """
     recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
-    fig, ax = _new_axes(ax, (4.5, 3.6))
+    fig, ax = new_axes(ax, (4.5, 3.6))
     padded_recall = np.concatenate([[0.0], recall, [1.0]])  # as average_precision(method="area")
     envelope = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
-    ax.fill_between(padded_recall, envelope, step="pre", color="tab:blue", alpha=0.2, gid=GID_AP_AREA)
-    ax.plot(padded_recall, envelope, drawstyle="steps-pre", color="tab:blue", lw=1.5, gid=GID_ENVELOPE,
-            label="envelope (area = AP)")  # fmt: skip
-    ax.plot(recall, precision, color="0.4", lw=0.8, marker=".", ms=3, gid=GID_PR_CURVE, label="precision")
+    ax.fill_between(padded_recall, envelope, step="pre", color="tab:blue", alpha=0.2,
+                    gid=GID_AP_AREA)
+    ax.plot(padded_recall, envelope, drawstyle="steps-pre", color="tab:blue", lw=1.5,
+            gid=GID_ENVELOPE, label="envelope (area = AP)")
+    ax.plot(recall, precision, color="0.4", lw=0.8, marker=".", ms=3, gid=GID_PR_CURVE,
+            label="precision")
     points = [precision[recall >= point].max(initial=0.0) for point in VOC07_RECALL_POINTS]
     ax.plot(VOC07_RECALL_POINTS, points, ls="none", marker="o", ms=5, mfc="none", color="tab:red",
-            gid=GID_VOC07_POINTS, label="VOC07 points")  # fmt: skip
-    area, voc07 = average_precision(recall, precision, "area"), average_precision(recall, precision, "voc07")
+            gid=GID_VOC07_POINTS, label="VOC07 points")
+    area = average_precision(recall, precision, "area")
+    voc07 = average_precision(recall, precision, "voc07")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("recall", fontsize=8)
@@ -209,7 +221,7 @@ def draw_ap_variants(
 
 def draw_pr_curves(
     curves: Mapping[float, Sequence[tuple[np.ndarray, np.ndarray]]], class_names: Sequence[str],
-    ap: Mapping[float, np.ndarray] | None = None, ncols: int = 3, title: str | None = None,
+    *, ap: Mapping[float, np.ndarray] | None = None, ncols: int = 3, title: str | None = None,
 ) -> Figure:
     """Precision/recall curves per class (one panel each), one line per IoU threshold.
 
@@ -225,8 +237,8 @@ def draw_pr_curves(
     num_classes = len(class_names)
     for threshold, per_class in curves.items():
         if len(per_class) != num_classes:
-            raise ValueError(f"viz_eval.draw_pr_curves: {len(per_class)} curves at IoU {threshold} for "
-                             f"{num_classes} classes; pass the K foreground names")  # fmt: skip
+            raise ValueError(f"draw_pr_curves: {len(per_class)} curves at IoU {threshold} for "
+                             f"{num_classes} classes; pass the K foreground names")
     nrows = max(1, math.ceil(num_classes / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False)
     colors = plt.get_cmap("tab10")
@@ -237,10 +249,13 @@ def draw_pr_curves(
             if len(recall) == 0 or np.isnan(recall).all():
                 notes.append("no detections" if len(recall) == 0 else "no GT")
                 continue
-            label = f"IoU {threshold:g}" + (f": AP {ap[threshold][k]:.3f}" if ap is not None else "")
+            label = f"IoU {threshold:g}"
+            if ap is not None:
+                label += f": AP {ap[threshold][k]:.3f}"
             ax.plot(recall, precision, color=colors(j % 10), lw=1.3, gid=GID_PR_CURVE, label=label)
         if notes:
-            ax.text(0.5, 0.5, ", ".join(sorted(set(notes))), ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            ax.text(0.5, 0.5, ", ".join(sorted(set(notes))), ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)
         if ax.lines:
             ax.legend(fontsize=7, loc="lower left")
         ax.set_xlim(0, 1.02)
@@ -259,7 +274,8 @@ def draw_pr_curves(
 
 
 def _crop(ax: Axes, masks: Sequence[np.ndarray], height: int, width: int, margin: float) -> None:
-    """Zoom on the union of the masks' extents plus ``margin`` of the larger side (at least MIN_CROP_SIDE)."""
+    """Zoom on the union of the masks' extents plus ``margin`` of the larger side (at least
+    MIN_CROP_SIDE)."""
     inside = np.zeros((height, width), dtype=bool)
     for mask in masks:
         inside |= mask
@@ -274,9 +290,10 @@ def _crop(ax: Axes, masks: Sequence[np.ndarray], height: int, width: int, margin
 
 
 def draw_failure_gallery(
-    rows: Mapping[str, Sequence[GalleryItem]], ncols: int = 4, margin: float = 0.25, title: str | None = None,
+    rows: Mapping[str, Sequence[GalleryItem]], *, ncols: int = 4, margin: float = 0.25,
+    title: str | None = None,
 ) -> Figure:
-    """Rows of image crops (in grey), one row per kind of failure, GT outlined in gold and the prediction filled.
+    """Rows of image crops (in grey), one per kind of failure: GT outlined gold, prediction filled.
 
     Args:
         rows: ``row name -> items`` (e.g. "false positives", "missed instances", "poor masks");
@@ -287,16 +304,17 @@ def draw_failure_gallery(
         The figure with ``len(rows) * ncols`` axes; one GID_GT_OUTLINE per item with a GT mask,
         one GID_PRED_MASK per item with a predicted mask; each axes titled with its caption.
     """
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.4 * ncols, 2.6 * len(rows)), squeeze=False)
+    figsize = (2.4 * ncols, 2.6 * len(rows))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=figsize, squeeze=False)
     for ax_row, (row_name, items) in zip(axes, rows.items(), strict=True):
         for ax, item in zip(ax_row, list(items)[:ncols], strict=False):
             height, width = _show_grey(ax, item.image)
             shown = []
             if item.pred_mask is not None:
-                shown.append(_as_numpy(item.pred_mask) != 0)
+                shown.append(as_numpy(item.pred_mask) != 0)
                 _add_fill(ax, shown[-1], PRED_COLOR, GID_PRED_MASK)
             if item.gt_mask is not None:
-                shown.append(_as_numpy(item.gt_mask) != 0)
+                shown.append(as_numpy(item.gt_mask) != 0)
                 _add_outline(ax, shown[-1], GT_COLOR, GID_GT_OUTLINE)
             _crop(ax, shown, height, width, margin)
             ax.set_title(item.caption, fontsize=7)
@@ -306,12 +324,13 @@ def draw_failure_gallery(
             if not ax.images:
                 ax.set_axis_off()
         ax_row[0].text(-0.12, 0.5, row_name, rotation=90, ha="right", va="center", fontsize=9,
-                       transform=ax_row[0].transAxes)  # fmt: skip
+                       transform=ax_row[0].transAxes)
         if not items:
-            ax_row[0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=9, transform=ax_row[0].transAxes)
+            ax_row[0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=9,
+                           transform=ax_row[0].transAxes)
     fig.legend(handles=[Patch(facecolor="none", edgecolor=GT_COLOR, label="ground truth"),
                         Patch(facecolor=PRED_COLOR, alpha=0.6, label="prediction")],
-               fontsize=8, loc="lower center", ncol=2)  # fmt: skip
+               fontsize=8, loc="lower center", ncol=2)
     if title is not None:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0.03, 0.05, 1, 1))

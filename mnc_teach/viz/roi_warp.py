@@ -1,8 +1,10 @@
-"""Pure matplotlib drawings for RoI warping (notebook 03); each function returns a ``Figure``.
+"""RoI warping (notebook 03): feature values, where the bilinear samples fall, a box's path.
 
-Same rules as ``viz.py``: no state between calls, an optional ``ax`` to draw into, and a
-``gid`` on every artist that stands for one object, so tests can count them with
-``viz.count_artists``.
+    draw_values        a small array as a heat map, its value printed in every cell
+    draw_roi_samples   a feature map, one RoI, its bins and the sample at each bin centre
+    draw_box_path      how gradient descent moved a box towards a target
+
+Conventions: :mod:`mnc_teach.viz.common`.
 
 Feature maps are drawn with ``imshow``'s default placement: cell (row i, column j) is the
 unit square centred at (j, i). That is exactly the feature coordinate system of
@@ -21,14 +23,18 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mnc_teach.roi_warp import ALIGNED_OFFSET, sample_positions
-from mnc_teach.viz.common import _add_box, _as_numpy, _image_hwc, _new_axes
+from mnc_teach.viz.common import add_box, as_numpy, image_hwc, new_axes
 
-__all__ = ["GID_CELL_VALUE", "GID_ROI", "GID_SAMPLE", "GID_PATH_BOX", "draw_values", "draw_roi_samples", "draw_box_path"]
+__all__ = [
+    "GID_CELL_VALUE", "GID_PATH_BOX", "GID_ROI", "GID_SAMPLE", "GID_TARGET_BOX",
+    "draw_box_path", "draw_roi_samples", "draw_values",
+]
 
 GID_CELL_VALUE = "cell-value"  # one text per cell of draw_values
 GID_ROI = "roi-box"  # the RoI drawn by draw_roi_samples
 GID_SAMPLE = "warp-sample"  # one marker per bilinear sample
 GID_PATH_BOX = "path-box"  # one rectangle per drawn step of draw_box_path
+GID_TARGET_BOX = "target-box"  # the target box of draw_box_path
 
 
 def _feature_box(box, spatial_scale: float) -> np.ndarray:
@@ -36,7 +42,7 @@ def _feature_box(box, spatial_scale: float) -> np.ndarray:
     return np.asarray([float(v) for v in box]) * spatial_scale - ALIGNED_OFFSET
 
 
-def draw_values(values: Tensor | np.ndarray, ax: Axes | None = None, title: str | None = None,
+def draw_values(values: Tensor | np.ndarray, ax: Axes | None = None, *, title: str | None = None,
                 fmt: str = "{:.2f}", cmap: str = "viridis", vmin: float | None = None,
                 vmax: float | None = None) -> Figure:
     """A small 2-D array as a heat map with its value printed in every cell.
@@ -49,10 +55,10 @@ def draw_values(values: Tensor | np.ndarray, ax: Axes | None = None, title: str 
     Returns:
         The figure; every printed number has gid GID_CELL_VALUE.
     """
-    array = _as_numpy(values).astype(np.float64)
+    array = as_numpy(values).astype(np.float64)
     if array.ndim != 2:
-        raise ValueError(f"viz_roi.draw_values: expected a 2-D array [h, w], got shape {array.shape}")
-    fig, ax = _new_axes(ax, (0.6 * array.shape[1] + 1.2, 0.6 * array.shape[0] + 0.8))
+        raise ValueError(f"draw_values: expected a 2-D array [h, w], got shape {array.shape}")
+    fig, ax = new_axes(ax, (0.6 * array.shape[1] + 1.2, 0.6 * array.shape[0] + 0.8))
     image = ax.imshow(array, cmap=cmap, vmin=vmin, vmax=vmax)
     middle = (image.norm.vmin + image.norm.vmax) / 2
     for (i, j), value in np.ndenumerate(array):
@@ -67,7 +73,8 @@ def draw_values(values: Tensor | np.ndarray, ax: Axes | None = None, title: str 
 
 
 def draw_roi_samples(feature: Tensor, box, output_size: int | tuple[int, int], spatial_scale: float,
-                     ax: Axes | None = None, title: str | None = None, show_values: bool = False) -> Figure:
+                     *, ax: Axes | None = None, title: str | None = None,
+                     show_values: bool = False) -> Figure:
     """A feature map, one RoI, its output bins and the bilinear sample at the centre of each bin.
 
     Args:
@@ -82,27 +89,29 @@ def draw_roi_samples(feature: Tensor, box, output_size: int | tuple[int, int], s
         GID_SAMPLE); samples further than one cell outside the map (which read 0) are crosses.
     """
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
-    fmap = _as_numpy(feature).astype(np.float64)
+    fmap = as_numpy(feature).astype(np.float64)
     height, width = fmap.shape
-    fig, ax = _new_axes(ax, (4, 4))
+    fig, ax = new_axes(ax, (4, 4))
     if show_values:
         draw_values(fmap, ax=ax, fmt="{:g}")
     else:
         ax.imshow(fmap, cmap="viridis")
     x1, y1, x2, y2 = _feature_box(box, spatial_scale)
-    _add_box(ax, (x1, y1, x2, y2), "tab:red", GID_ROI, linewidth=2)
+    add_box(ax, (x1, y1, x2, y2), "tab:red", GID_ROI, linewidth=2)
     for k in range(1, out_w):
         ax.plot([x1 + k * (x2 - x1) / out_w] * 2, [y1, y2], "--", color="tab:red", linewidth=0.7)
     for k in range(1, out_h):
         ax.plot([x1, x2], [y1 + k * (y2 - y1) / out_h] * 2, "--", color="tab:red", linewidth=0.7)
     box_t = torch.as_tensor([float(v) for v in box], dtype=torch.float64)
-    xs = sample_positions(box_t[0:1], box_t[2:3], out_w, spatial_scale)[0].numpy()  # (S_w,)
-    ys = sample_positions(box_t[1:2], box_t[3:4], out_h, spatial_scale)[0].numpy()  # (S_h,)
+    xs = sample_positions(box_t[0:1], box_t[2:3], num_cells=out_w,
+                          spatial_scale=spatial_scale)[0].numpy()  # (S_w,)
+    ys = sample_positions(box_t[1:2], box_t[3:4], num_cells=out_h,
+                          spatial_scale=spatial_scale)[0].numpy()  # (S_h,)
     for y in ys:
         for x in xs:
             outside = x < -1 or x > width or y < -1 or y > height
-            (marker,) = ax.plot([x], [y], "x" if outside else "o", color="white", markeredgecolor="black", markersize=6)
-            marker.set_gid(GID_SAMPLE)
+            ax.plot([x], [y], "x" if outside else "o", color="white", markeredgecolor="black",
+                    markersize=6, gid=GID_SAMPLE)
     pad = 1.0
     ax.set_xlim(min(-0.5, x1) - pad, max(width - 0.5, x2) + pad)
     ax.set_ylim(max(height - 0.5, y2) + pad, min(-0.5, y1) - pad)
@@ -110,36 +119,42 @@ def draw_roi_samples(feature: Tensor, box, output_size: int | tuple[int, int], s
     return fig
 
 
-def draw_box_path(image: Tensor, path: Tensor, target_box: Tensor | None = None, ax: Axes | None = None,
-                  title: str | None = None, max_boxes: int = 12) -> Figure:
-    """How gradient descent moved a box: start (red), some steps (faint), end (green), target (dashed).
+def draw_box_path(image: Tensor, path: Tensor, target_box: Tensor | None = None, *,
+                  ax: Axes | None = None, title: str | None = None, max_boxes: int = 12) -> Figure:
+    """How gradient descent moved a box: start (red), some steps, end (green), target (dashed).
 
     Args:
-        image (Tensor[3, H, W], float in [0, 1]) or a feature map (Tensor[h, w]) to draw under the boxes.
-        path (Tensor[T, 4], xyxy in the pixels of ``image``): the box after each step, path[0] = start.
+        image (Tensor[3, H, W], float in [0, 1]) or a feature map (Tensor[h, w]) to draw under
+            the boxes.
+        path (Tensor[T, 4], xyxy in the pixels of ``image``): the box after each step,
+            path[0] = start.
         target_box (Tensor[4] | None): where the box should go.
         max_boxes: at most this many boxes drawn along the path (always the first and the last).
 
     Returns:
-        The figure: drawn boxes have gid GID_PATH_BOX, the target "target-box"; the trajectory of
-        the box centre is a line.
+        The figure: drawn boxes have gid GID_PATH_BOX, the target GID_TARGET_BOX; the trajectory
+        of the box centre is a line.
     """
-    fig, ax = _new_axes(ax, (4.5, 4.5))
+    fig, ax = new_axes(ax, (4.5, 4.5))
     if image.ndim == 3:
-        ax.imshow(_image_hwc(image), interpolation="nearest")
+        ax.imshow(image_hwc(image), interpolation="nearest")
     else:
-        ax.imshow(_as_numpy(image), cmap="viridis")
-    boxes = _as_numpy(path).reshape(-1, 4)
-    steps = np.unique(np.linspace(0, len(boxes) - 1, min(max_boxes, len(boxes))).round().astype(int))
+        ax.imshow(as_numpy(image), cmap="viridis")
+    boxes = as_numpy(path).reshape(-1, 4)
+    drawn = min(max_boxes, len(boxes))
+    steps = np.unique(np.linspace(0, len(boxes) - 1, drawn).round().astype(int))
     colors = plt.get_cmap("autumn")(np.linspace(0, 1, len(steps)))
     for n, (step, color) in enumerate(zip(steps, colors, strict=True)):
         last = n == len(steps) - 1
-        _add_box(ax, boxes[step], "tab:green" if last else color, GID_PATH_BOX,
-                 linewidth=2 if n == 0 or last else 0.8)
+        add_box(ax, boxes[step], "tab:green" if last else color, GID_PATH_BOX,
+                linewidth=2 if n == 0 or last else 0.8)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (T, 2)
     ax.plot(centres[:, 0], centres[:, 1], "-", color="white", linewidth=1)
     if target_box is not None:
-        _add_box(ax, _as_numpy(target_box).reshape(4), "white", "target-box", linewidth=1.5, linestyle="--")
+        add_box(ax, as_numpy(target_box).reshape(4), "white", GID_TARGET_BOX, linewidth=1.5,
+                linestyle="--")
     ax.set_axis_off()
-    ax.set_title(title or f"{len(boxes) - 1} steps: start (thick red) to end (green); target dashed", fontsize=9)
+    if not title:
+        title = f"{len(boxes) - 1} steps: start (thick red) to end (green); target dashed"
+    ax.set_title(title, fontsize=9)
     return fig

@@ -1,7 +1,8 @@
-"""The live training dashboard (COURSE.md): loss curves, learning rate, speed, a gallery of predictions, Stop.
+"""The live training dashboard (COURSE.md): loss curves, learning rate, speed, a gallery of
+predictions, Stop.
 
     dashboard = TrainingDashboard(gallery=val_ds, gallery_indices=(0, 1, 2, 3))
-    run = dashboard.run_in_background(cfg, "runs/first")   # shows the dashboard; training runs in a thread
+    run = dashboard.run_in_background(cfg, "runs/first")   # shows the dashboard; trains in a thread
     history = run.join()                                    # in a later cell: wait for the end
 
 Why a thread: while a cell runs, the kernel handles no widget events, so a Stop button of a
@@ -15,9 +16,10 @@ in the cell itself works too: the curves update live, but only a kernel interrup
 the loop also turns into a clean stop) can end the run early.
 
 Without a widget frontend (plain ``python``, CI, headless ``nbclient``) the dashboard is a
-:class:`~mnc_teach.engine.state.ProgressPrinter`: a tqdm bar and a printed line every ``log_every`` steps.
-The drawings are in :mod:`mnc_teach.viz.training`; a run on disk (finished, or running in another
-process) is shown by :mod:`mnc_teach.widgets.run_viewer`.
+:class:`~mnc_teach.engine.state.ProgressPrinter`: a tqdm bar and a printed line every
+``log_every`` steps. The drawings are :mod:`mnc_teach.viz.losses` and
+:mod:`mnc_teach.viz.gallery`; a run on disk (finished, or running in another process) is shown
+by :mod:`mnc_teach.widgets.run_viewer`.
 """
 
 from __future__ import annotations
@@ -29,71 +31,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as widgets
 import torch
+from IPython import get_ipython
+from IPython.display import display
 from matplotlib.figure import Figure
-from torch import Tensor, nn
 
 from mnc_teach.config import MNCConfig
+from mnc_teach.engine.inference import predict_images
 from mnc_teach.engine.loop import train
 from mnc_teach.engine.state import ProgressPrinter, TrainHistory, TrainState, format_seconds
-from mnc_teach.viz.training import (
-    LOSS_FIGSIZE,
-    SCORE_THRESHOLD,
-    draw_history,
-    draw_prediction_gallery,
-    figure_png,
-    new_gallery_figure,
-    plot_history,
-)
+from mnc_teach.viz.common import figure_png
+from mnc_teach.viz.gallery import SCORE_THRESHOLD, draw_prediction_gallery, new_gallery_figure
+from mnc_teach.viz.losses import LOSS_FIGSIZE, draw_history
+from mnc_teach.widgets.common import gallery_items, has_widget_frontend
 
-# plot_history (of viz_training) is exported here too: a finished run's curves next to the live ones
-__all__ = ["BackgroundTraining", "TrainingDashboard", "gallery_items", "has_widget_frontend", "plot_history",
-           "predict_images", "train_in_background"]  # fmt: skip
-
-GALLERY_SIZE = 4  # gallery images when no indices are given: the first four
-
-
-def has_widget_frontend() -> bool:
-    """True inside a Jupyter kernel that a notebook frontend started (JupyterLab, Notebook, VS Code).
-
-    A kernel started by Jupyter Server gets ``JPY_SESSION_NAME`` (VS Code: ``VSCODE_PID``); a
-    headless ``nbclient`` run gets neither, and plain ``python`` has no kernel at all.
-    """
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
-        return False
-    return "JPY_SESSION_NAME" in os.environ or "VSCODE_PID" in os.environ
-
-
-def gallery_items(gallery: Any, indices: Sequence[int] | None = None) -> list[tuple[Tensor, dict]]:
-    """``[gallery[i] for i in indices]`` (default: the first GALLERY_SIZE items) of a dataset or a list of
-    ``(image, target)``; read once, so the gallery shows the same images all run long."""
-    indices = range(min(GALLERY_SIZE, len(gallery))) if indices is None else indices
-    return [gallery[int(i)] for i in indices]
-
-
-@torch.no_grad()
-def predict_images(model: nn.Module, images: Sequence[Tensor], device: torch.device | None = None) -> list[dict]:
-    """The model's detections of each image (eval mode, no grad), on the CPU. Images of one size go
-    through in one batch: no padding, so the detections equal those of one image at a time up to float
-    rounding, and come about 20% faster on a CPU. The model's mode and the RNG are left as they were: a training run goes on unchanged."""
-    device = next(model.parameters()).device if device is None else torch.device(device)
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for index, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
-    detections: list[dict] = [{} for _ in images]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for indices in by_size.values():
-                found, _ = model([images[i].to(device) for i in indices])
-                for index, one in zip(indices, found, strict=True):
-                    detections[index] = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in one.items()}
-    finally:
-        model.train(was_training)
-    return detections
+__all__ = ["BackgroundTraining", "TrainingDashboard", "train_in_background"]
 
 
 class TrainingDashboard:
@@ -101,15 +54,15 @@ class TrainingDashboard:
 
     Args:
         refresh_every: redraw the curves and the status line every this many steps.
-        gallery: fixed validation images: a dataset, or a list of ``(image Tensor[3, H, W], target)``.
-        gallery_indices: which of its items to show (default: the first GALLERY_SIZE).
+        gallery: fixed validation images: a dataset, or a list of ``(image Tensor[3, H, W],
+            target)``.
+        gallery_indices: which of its items to show (default: the first four).
         gallery_every: redraw the gallery's predictions every this many steps (default 5 x
             refresh_every), and at the start and the end.
         score_threshold: the gallery draws detections scoring at least this.
         class_names: names for the labels (index 0 background); default ``gallery.class_names``.
-        sample, sample_every: older names: a gallery of the one image ``sample``.
         frontend: force the widget view (True) or the printed fallback (False); default
-            :func:`has_widget_frontend`.
+            :func:`~mnc_teach.widgets.common.has_widget_frontend`.
 
     Attributes:
         widget: the box to display (displaying the dashboard itself works too).
@@ -118,16 +71,14 @@ class TrainingDashboard:
         stop_requested: set by the Stop button or :meth:`request_stop`; the loop then ends cleanly.
     """
 
-    def __init__(self, *, refresh_every: int = 10, gallery: Any = None, gallery_indices: Sequence[int] | None = None,
-                 gallery_every: int | None = None, score_threshold: float = SCORE_THRESHOLD,
-                 class_names: Sequence[str] | None = None, sample: tuple | None = None, sample_every: int | None = None,
-                 frontend: bool | None = None) -> None:  # fmt: skip
+    def __init__(self, *, refresh_every: int = 10, gallery: Any = None,
+                 gallery_indices: Sequence[int] | None = None, gallery_every: int | None = None,
+                 score_threshold: float = SCORE_THRESHOLD,
+                 class_names: Sequence[str] | None = None, frontend: bool | None = None) -> None:
         self.refresh_every = max(1, refresh_every)
-        if sample is not None:
-            gallery, gallery_indices = [sample], None
         self.gallery = gallery_items(gallery, gallery_indices) if gallery is not None else []
         self.class_names = tuple(class_names or getattr(gallery, "class_names", ("background",)))
-        self.gallery_every = gallery_every or sample_every or 5 * self.refresh_every
+        self.gallery_every = gallery_every or 5 * self.refresh_every
         self.score_threshold = score_threshold
         self.frontend = has_widget_frontend() if frontend is None else frontend
         self.stop_requested, self.last_state, self._shown = False, None, False
@@ -135,15 +86,15 @@ class TrainingDashboard:
         self.gallery_figure: Figure | None = None
         self.printer = None if self.frontend else ProgressPrinter()
         if self.frontend:
-            import ipywidgets as widgets
-
-            self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop",
-                                              tooltip="finish this step, save a checkpoint and stop")  # fmt: skip
+            self.stop_button = widgets.Button(
+                description="Stop", button_style="danger", icon="stop",
+                tooltip="finish this step, save a checkpoint and stop")
             self.stop_button.on_click(lambda _: self.request_stop())
             self.status = widgets.HTML("waiting for training to start")
             self.loss_image = widgets.Image(format="png")
             self.gallery_image = widgets.Image(format="png")
-            self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status]), self.loss_image, self.gallery_image])
+            self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status]),
+                                        self.loss_image, self.gallery_image])
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current step (what the Stop button does)."""
@@ -154,16 +105,15 @@ class TrainingDashboard:
 
     def show(self) -> None:
         """Display the widget once (in a notebook; nothing happens elsewhere)."""
-        ipython = sys.modules.get("IPython")
-        if self.frontend and not self._shown and ipython is not None and ipython.get_ipython() is not None:
-            from IPython.display import display
-
+        if self.frontend and not self._shown and get_ipython() is not None:
             display(self.widget)
             self._shown = True
 
     def _repr_mimebundle_(self, **kwargs):
         self._shown = True
-        return self.widget._repr_mimebundle_(**kwargs) if self.frontend else {"text/plain": repr(self)}
+        if not self.frontend:
+            return {"text/plain": repr(self)}
+        return self.widget._repr_mimebundle_(**kwargs)
 
     # -- callback interface -------------------------------------------------------------------
     def on_train_start(self, state: TrainState) -> None:
@@ -210,12 +160,15 @@ class TrainingDashboard:
         phase = phase or ("stopping" if state.stop_requested or self.stop_requested else "running")
         parts = [f"<b>{phase}</b>", f"step {state.step}/{state.max_steps}"]
         if state.losses:
-            parts += [f"loss {state.losses['total']:.4f}", f"lr {state.lr:.2e}", f"{state.images_per_s:.1f} img/s",
-                      f"elapsed {format_seconds(state.elapsed_s)}", f"ETA {format_seconds(state.eta_s)}"]  # fmt: skip
+            parts += [f"loss {state.losses['total']:.4f}", f"lr {state.lr:.2e}",
+                      f"{state.images_per_s:.1f} img/s",
+                      f"elapsed {format_seconds(state.elapsed_s)}",
+                      f"ETA {format_seconds(state.eta_s)}"]
         if state.val_losses:
             parts.append(f"val loss {state.val_losses['total']:.4f}")
         if state.device.type == "cuda":
-            parts.append(f"GPU memory {torch.cuda.max_memory_allocated(state.device) / 2**30:.2f} GiB")
+            gib = torch.cuda.max_memory_allocated(state.device) / 2**30
+            parts.append(f"GPU memory {gib:.2f} GiB")
         return " &middot; ".join(parts)
 
     def refresh(self, state: TrainState | None = None, phase: str | None = None) -> None:
@@ -231,7 +184,8 @@ class TrainingDashboard:
             self.status.value = self.status_text(state, phase)
 
     def refresh_gallery(self, state: TrainState | None = None) -> None:
-        """Run the model (eval mode, no grad, RNG untouched) on the gallery and draw its predictions."""
+        """Run the model on the gallery (``engine.inference.predict_images``: its mode and the RNG
+        are left as they were) and draw its predictions."""
         state = state or self.last_state
         if not self.gallery or state is None:
             return
@@ -240,12 +194,14 @@ class TrainingDashboard:
         if self.gallery_figure is None:
             self.gallery_figure = new_gallery_figure(len(images))
         draw_prediction_gallery(self.gallery_figure, images, targets, detections, self.class_names,
-                                self.score_threshold, state.step)  # fmt: skip
+                                score_threshold=self.score_threshold, step=state.step)
         if self.frontend:
             self.gallery_image.value = figure_png(self.gallery_figure)
 
-    def run_in_background(self, cfg: MNCConfig, out_dir: str | os.PathLike, **train_kwargs: Any) -> BackgroundTraining:
-        """Show the dashboard and start ``train(cfg, out_dir, callbacks=[self], **train_kwargs)`` in a thread.
+    def run_in_background(self, cfg: MNCConfig, out_dir: str | os.PathLike,
+                          **train_kwargs: Any) -> BackgroundTraining:
+        """Show the dashboard and start ``train(cfg, out_dir, callbacks=[self], **train_kwargs)``
+        in a thread.
 
         Without a widget frontend there is no button to keep responsive, and a kernel drops what
         a thread prints once its cell has finished; so training then runs right here, in the
@@ -255,23 +211,28 @@ class TrainingDashboard:
         if self.frontend:
             self.stop_button.disabled = False
         self.show()
-        return train_in_background(cfg, out_dir, dashboard=self, background=self.frontend, **train_kwargs)
+        return train_in_background(cfg, out_dir, dashboard=self, background=self.frontend,
+                                   **train_kwargs)
 
 
 class BackgroundTraining:
     """Handle of a training run: ``join()``, ``result``, ``done``, ``stop()``. With ``background``
-    the run goes on in a daemon thread; without, it runs to its end (or error) in the constructor."""
+    the run goes on in a daemon thread; without, it runs to its end (or error) in the
+    constructor."""
 
-    def __init__(self, cfg: MNCConfig, out_dir: str | os.PathLike, dashboard: TrainingDashboard | None,
-                 callbacks: Sequence[Any], train_kwargs: dict[str, Any], background: bool = True) -> None:  # fmt: skip
+    def __init__(self, cfg: MNCConfig, out_dir: str | os.PathLike,
+                 dashboard: TrainingDashboard | None, *, callbacks: Sequence[Any],
+                 train_kwargs: dict[str, Any], background: bool = True) -> None:
         self.dashboard, self.history, self.error, self._stop = dashboard, None, None, False
         callbacks = [dashboard or ProgressPrinter(), *callbacks, self]
         self._thread = None
         if not background:
-            self.history = train(cfg, Path(out_dir), callbacks=callbacks, **train_kwargs)  # errors raise here
+            # errors raise here
+            self.history = train(cfg, Path(out_dir), callbacks=callbacks, **train_kwargs)
             return
-        self._thread = threading.Thread(target=self._run, args=(cfg, Path(out_dir), callbacks, train_kwargs),
-                                        name="mnc-teach-train", daemon=True)  # fmt: skip
+        self._thread = threading.Thread(target=self._run,
+                                        args=(cfg, Path(out_dir), callbacks, train_kwargs),
+                                        name="mnc-teach-train", daemon=True)
         self._thread.start()
 
     def _run(self, cfg, out_dir, callbacks, train_kwargs) -> None:
@@ -299,9 +260,10 @@ class BackgroundTraining:
 
     @property
     def result(self) -> TrainHistory:
-        """The run's history; raises the run's error if it failed, RuntimeError while it still runs."""
+        """The run's history; raises the run's error if it failed, RuntimeError while it runs."""
         if not self.done:
-            raise RuntimeError("training is still running; wait with .join() or ask it to stop with .stop()")
+            raise RuntimeError("training is still running; wait with .join() or ask it to stop "
+                               "with .stop()")
         if self.error is not None:
             raise self.error
         return self.history
@@ -315,15 +277,19 @@ class BackgroundTraining:
             try:
                 self._thread.join(timeout)
             except KeyboardInterrupt:
-                print("interrupted: stopping the training after this step (a checkpoint is written)")
+                print("interrupted: stopping the training after this step "
+                      "(a checkpoint is written)")
                 self.stop()
                 self._thread.join()
         return self.result if self.done else None
 
 
-def train_in_background(cfg: MNCConfig, out_dir: str | os.PathLike, dashboard: TrainingDashboard | None = None,
-                        *, callbacks: Sequence[Any] = (), background: bool = True,
-                        **train_kwargs: Any) -> BackgroundTraining:  # fmt: skip
-    """Start ``train`` in a daemon thread with ``dashboard`` (default: a ProgressPrinter) and ``callbacks``
-    (``background=False``: run it to the end first). ``train_kwargs`` go to :func:`~mnc_teach.engine.loop.train`."""
-    return BackgroundTraining(cfg, out_dir, dashboard, callbacks, train_kwargs, background)
+def train_in_background(cfg: MNCConfig, out_dir: str | os.PathLike,
+                        dashboard: TrainingDashboard | None = None, *,
+                        callbacks: Sequence[Any] = (), background: bool = True,
+                        **train_kwargs: Any) -> BackgroundTraining:
+    """Start ``train`` in a daemon thread with ``dashboard`` (default: a ProgressPrinter) and
+    ``callbacks`` (``background=False``: run it to the end first). ``train_kwargs`` go to
+    :func:`~mnc_teach.engine.loop.train`."""
+    return BackgroundTraining(cfg, out_dir, dashboard, callbacks=callbacks,
+                              train_kwargs=train_kwargs, background=background)
