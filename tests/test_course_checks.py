@@ -12,7 +12,8 @@ from mnc_teach.course.checks import check_box_iou, check_nms, random_boxes
 
 def test_correct_solutions_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_box_iou(box_iou)
-    assert check_box_iou(torchvision.ops.box_iou) is False  # NaN for two zero-area boxes: a real edge case
+    # NaN for two zero-area boxes: a real edge case
+    assert check_box_iou(torchvision.ops.box_iou) is False
     assert "two zero-area boxes" in capsys.readouterr().out
     assert check_nms(nms_reference)
     assert check_nms(torchvision.ops.nms)
@@ -22,7 +23,9 @@ def test_correct_solutions_pass(capsys: pytest.CaptureFixture[str]) -> None:
 def _iou_without_clamp(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    wh = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    wh = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.maximum(
+        boxes1[:, None, :2], boxes2[None, :, :2]
+    )
     inter = wh[..., 0] * wh[..., 1]  # forgets to clamp: two negative sides give a positive "area"
     return inter / (area1[:, None] + area2[None, :] - inter)
 
@@ -30,7 +33,8 @@ def _iou_without_clamp(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tens
 def _nms_suppressed_boxes_still_suppress(boxes, scores, iou_threshold):
     order = torch.argsort(scores, descending=True)
     iou = box_iou(boxes, boxes)
-    keep = [i for n, i in enumerate(order.tolist()) if not (iou[i, order[:n]] > iou_threshold).any()]
+    order_list = order.tolist()
+    keep = [i for n, i in enumerate(order_list) if not (iou[i, order[:n]] > iou_threshold).any()]
     return torch.tensor(keep, dtype=torch.int64)
 
 
@@ -42,10 +46,18 @@ def _not_implemented(*args):
     ("checker", "wrong", "expected_in_output"),
     [
         (check_box_iou, _iou_without_clamp, "disjoint\n"),
-        (check_box_iou, lambda a, b: box_iou(a, b).T, "3 x 2 pairs: expected a tensor of shape (3, 2)"),
+        (
+            check_box_iou,
+            lambda a, b: box_iou(a, b).T,
+            "3 x 2 pairs: expected a tensor of shape (3, 2)",
+        ),
         (check_box_iou, _not_implemented, "my_box_iou is not implemented yet"),
         (check_nms, _nms_suppressed_boxes_still_suppress, "chain A > B > C"),
-        (check_nms, lambda b, s, t: torchvision.ops.nms(b, s, t).int(), "got      = [] (torch.int32)"),
+        (
+            check_nms,
+            lambda b, s, t: torchvision.ops.nms(b, s, t).int(),
+            "got      = [] (torch.int32)",
+        ),
         (check_nms, lambda b, s, t: 1 / 0, "raised ZeroDivisionError"),
     ],
 )

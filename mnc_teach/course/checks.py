@@ -1,11 +1,13 @@
-"""Exercise checkers for the notebooks and classroom assignments (COURSE.md, "Assignments").
+"""Exercise checkers for the notebooks and classroom assignments (COURSE.md, "Assignments"):
+the machinery every checker shares, and the checkers of the box geometry (IoU, NMS).
 
 Each ``check_*`` runs a learner's function on small edge cases against the library (and
 torchvision) and prints a diagnosis of the first failure: which case, the input, expected
 vs got, and a hint. It returns True/False instead of raising, so a notebook keeps running;
 graders assert on the returned value in the hidden-test part of the cell.
 
-The model never imports this module (DESIGN.md §2).
+The checkers of the stages (RoI warping, proposals, mask targets, mask-level labels) are in
+:mod:`mnc_teach.course.checks_stages`. The model never imports either (DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -17,40 +19,56 @@ import torch
 import torchvision
 from torch import Tensor
 
-from mnc_teach.anchors import generate_base_anchors, grid_anchors
 from mnc_teach.boxes import box_iou
-from mnc_teach.roi_warp import roi_warp
-from mnc_teach.stage1_rpn import generate_proposals
-from mnc_teach.stage2_masks import mask_targets
-from mnc_teach.stage3_classify import mask_level_labels
 
-__all__ = ["random_boxes", "check_box_iou", "check_nms"]
+__all__ = [
+    "FAIL", "PASS", "Case", "boxes_tensor", "call_learner", "check_box_iou", "check_nms",
+    "random_boxes", "report_failure", "split_keywords",
+]
 
 PASS, FAIL = "✓", "✗"
 
 
 def random_boxes(num: int, generator: torch.Generator, size: float = 128.0) -> Tensor:
-    """``num`` random boxes [num, 4] xyxy: top-left corner in [0, 0.75 size), sides in [1, size / 2)."""
+    """``num`` random boxes [num, 4] xyxy: the top-left corner in [0, 0.75 size), the sides in
+    [1, size / 2)."""
     top_left = torch.rand(num, 2, generator=generator) * size * 0.75  # (num, 2)
     sides = 1 + torch.rand(num, 2, generator=generator) * (size / 2 - 1)  # (num, 2)
     return torch.cat([top_left, top_left + sides], dim=1)  # (num, 4)
 
 
-def _boxes(rows: list[list[float]]) -> Tensor:
+def boxes_tensor(rows: list[list[float]]) -> Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
 
 
-class _Case(NamedTuple):
+class Case(NamedTuple):
     name: str
-    args: tuple  # positional arguments of the learner's function
+    args: tuple  # the arguments, in the order of the function's parameters
     hint: str  # printed when this case fails
 
 
-def _call(fn: Callable, case: _Case, fn_name: str) -> tuple[bool, object]:
-    """Run the learner's function on fresh copies of the inputs; print why it crashed if it did."""
+def split_keywords(args: tuple, keywords: tuple[str, ...]) -> tuple[tuple, dict]:
+    """``args`` split as the library takes them: the last ``len(keywords)`` by these names."""
+    cut = len(args) - len(keywords)
+    return args[:cut], dict(zip(keywords, args[cut:], strict=True))
+
+
+def report_failure(case: Case, lines: list[str]) -> bool:
+    """Print the diagnosis of a failed case: its name, ``lines`` (indented) and its hint."""
+    details = "".join(f"  {line}\n" for line in lines)
+    print(f"{FAIL} {case.name}\n{details}  hint: {case.hint}")
+    return False
+
+
+def call_learner(
+    fn: Callable, case: Case, *, fn_name: str, keywords: tuple[str, ...] = ()
+) -> tuple[bool, object]:
+    """Run the learner's function on fresh copies of the inputs, passing the parameters named in
+    ``keywords`` by name (as the library's keyword-only ones); print why it crashed if it did."""
     args = tuple(arg.clone() if torch.is_tensor(arg) else arg for arg in case.args)
+    positional, by_name = split_keywords(args, keywords)
     try:
-        return True, fn(*args)
+        return True, fn(*positional, **by_name)
     except NotImplementedError:
         print(f"{FAIL} {fn_name} is not implemented yet")
     except Exception as error:  # show the learner what went wrong; do not stop the notebook
@@ -63,282 +81,143 @@ def check_box_iou(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     """Check ``fn(boxes1 [N, 4], boxes2 [M, 4]) -> [N, M]`` against ``mnc_teach.boxes.box_iou``."""
     gen = torch.Generator().manual_seed(0)
     cases = [
-        _Case("identical boxes", (_boxes([[0, 0, 10, 10]]), _boxes([[0, 0, 10, 10]])), "IoU of a box with itself is 1"),
-        _Case("partial overlap", (_boxes([[10, 10, 50, 40]]), _boxes([[30, 20, 70, 60]])),
-              "intersection = max of the top-left corners, min of the bottom-right corners"),
-        _Case("one inside the other", (_boxes([[0, 0, 10, 10]]), _boxes([[2, 2, 4, 4]])), "the intersection is the small box"),
-        _Case("disjoint", (_boxes([[0, 0, 10, 10]]), _boxes([[20, 20, 30, 30]])), "clamp negative widths and heights to 0"),
-        _Case("disjoint in x only", (_boxes([[0, 0, 10, 10]]), _boxes([[20, 0, 30, 10]])),
-              "clamp the width and the height separately"),
-        _Case("touching edges", (_boxes([[0, 0, 10, 10]]), _boxes([[10, 0, 20, 10]])),
-              "boxes that share an edge have no common area"),
-        _Case("two zero-area boxes", (_boxes([[5, 5, 5, 5]]), _boxes([[5, 5, 5, 5]])), "the union is 0 here: return 0, not NaN"),
-        _Case("3 x 2 pairs", (_boxes([[0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 20, 20]]), _boxes([[0, 0, 10, 10], [10, 10, 20, 20]])),
-              "result[n, m] pairs boxes1[n] with boxes2[m]: check the broadcasting"),
-        _Case("empty boxes1", (_boxes([]), _boxes([[0, 0, 1, 1], [0, 0, 2, 2]])), "N = 0 must give a [0, M] result"),
-        _Case("40 x 30 random pairs", (random_boxes(40, gen), random_boxes(30, gen)), "compare with the formula on one pair by hand"),
-    ]  # fmt: skip
+        Case(
+            "identical boxes",
+            (boxes_tensor([[0, 0, 10, 10]]), boxes_tensor([[0, 0, 10, 10]])),
+            "IoU of a box with itself is 1",
+        ),
+        Case(
+            "partial overlap",
+            (boxes_tensor([[10, 10, 50, 40]]), boxes_tensor([[30, 20, 70, 60]])),
+            "intersection = max of the top-left corners, min of the bottom-right corners",
+        ),
+        Case(
+            "one inside the other",
+            (boxes_tensor([[0, 0, 10, 10]]), boxes_tensor([[2, 2, 4, 4]])),
+            "the intersection is the small box",
+        ),
+        Case(
+            "disjoint",
+            (boxes_tensor([[0, 0, 10, 10]]), boxes_tensor([[20, 20, 30, 30]])),
+            "clamp negative widths and heights to 0",
+        ),
+        Case(
+            "disjoint in x only",
+            (boxes_tensor([[0, 0, 10, 10]]), boxes_tensor([[20, 0, 30, 10]])),
+            "clamp the width and the height separately",
+        ),
+        Case(
+            "touching edges",
+            (boxes_tensor([[0, 0, 10, 10]]), boxes_tensor([[10, 0, 20, 10]])),
+            "boxes that share an edge have no common area",
+        ),
+        Case(
+            "two zero-area boxes",
+            (boxes_tensor([[5, 5, 5, 5]]), boxes_tensor([[5, 5, 5, 5]])),
+            "the union is 0 here: return 0, not NaN",
+        ),
+        Case(
+            "3 x 2 pairs",
+            (
+                boxes_tensor([[0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 20, 20]]),
+                boxes_tensor([[0, 0, 10, 10], [10, 10, 20, 20]]),
+            ),
+            "result[n, m] pairs boxes1[n] with boxes2[m]: check the broadcasting",
+        ),
+        Case(
+            "empty boxes1",
+            (boxes_tensor([]), boxes_tensor([[0, 0, 1, 1], [0, 0, 2, 2]])),
+            "N = 0 must give a [0, M] result",
+        ),
+        Case(
+            "40 x 30 random pairs",
+            (random_boxes(40, gen), random_boxes(30, gen)),
+            "compare with the formula on one pair by hand",
+        ),
+    ]
     for case in cases:
         expected = box_iou(*case.args)
-        ok, got = _call(fn, case, "my_box_iou")
+        ok, got = call_learner(fn, case, fn_name="my_box_iou")
         if not ok:
             return False
         if not torch.is_tensor(got) or got.shape != expected.shape:
             print(f"{FAIL} {case.name}: expected a tensor of shape {tuple(expected.shape)}, "
-                  f"got {getattr(got, 'shape', type(got).__name__)}\n  hint: {case.hint}")  # fmt: skip
+                  f"got {getattr(got, 'shape', type(got).__name__)}\n  hint: {case.hint}")
             return False
         if not torch.allclose(got.float(), expected, atol=1e-5):
             boxes1, boxes2 = case.args
-            print(f"{FAIL} {case.name}\n  boxes1   = {boxes1.tolist()[:3]}\n  boxes2   = {boxes2.tolist()[:3]}\n"
-                  f"  expected = {expected[:3, :3].tolist()}\n  got      = {got[:3, :3].tolist()}\n  hint: {case.hint}")  # fmt: skip
-            return False
+            return report_failure(case, [
+                f"boxes1   = {boxes1.tolist()[:3]}",
+                f"boxes2   = {boxes2.tolist()[:3]}",
+                f"expected = {expected[:3, :3].tolist()}",
+                f"got      = {got[:3, :3].tolist()}",
+            ])
     print(f"{PASS} my_box_iou matches mnc_teach.boxes.box_iou on all {len(cases)} cases")
     return True
 
 
 def check_nms(fn: Callable[[Tensor, Tensor, float], Tensor]) -> bool:
-    """Check ``fn(boxes [R, 4], scores [R], iou_threshold) -> kept indices`` against torchvision.ops.nms."""
+    """Check ``fn(boxes [R, 4], scores [R], iou_threshold) -> kept indices`` against
+    ``torchvision.ops.nms``."""
     gen = torch.Generator().manual_seed(0)
     scores = lambda values: torch.tensor(values, dtype=torch.float32)  # noqa: E731
     cases = [
-        _Case("no boxes", (_boxes([]), scores([]), 0.5), "return an empty int64 tensor"),
-        _Case("one box", (_boxes([[0, 0, 10, 10]]), scores([0.3]), 0.5), "a single box is always kept"),
-        _Case("no overlaps: all kept, best first", (_boxes([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10]]), scores([0.2, 0.9, 0.5]), 0.5),
-              "return the kept indices sorted by decreasing score"),
-        _Case("duplicate box", (_boxes([[0, 0, 10, 10], [0, 0, 10, 10]]), scores([0.4, 0.8]), 0.5),
-              "keep the higher score, not the first index"),
-        _Case("IoU exactly at the threshold", (_boxes([[0, 0, 10, 10], [0, 0, 10, 20]]), scores([0.9, 0.8]), 0.5),
-              "suppress only when IoU > threshold (here IoU == 0.5: keep both)"),
-        _Case("chain A > B > C", (_boxes([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]]), scores([0.9, 0.8, 0.7]), 0.3),
-              "a suppressed box must not suppress others: C only overlaps B, which is gone"),
-        _Case("300 random boxes", (random_boxes(300, gen), torch.rand(300, generator=gen), 0.4),
-              "compare step by step with mnc_teach.boxes.nms_reference"),
-    ]  # fmt: skip
+        Case("no boxes", (boxes_tensor([]), scores([]), 0.5), "return an empty int64 tensor"),
+        Case(
+            "one box",
+            (boxes_tensor([[0, 0, 10, 10]]), scores([0.3]), 0.5),
+            "a single box is always kept",
+        ),
+        Case(
+            "no overlaps: all kept, best first",
+            (
+                boxes_tensor([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10]]),
+                scores([0.2, 0.9, 0.5]),
+                0.5,
+            ),
+            "return the kept indices sorted by decreasing score",
+        ),
+        Case(
+            "duplicate box",
+            (boxes_tensor([[0, 0, 10, 10], [0, 0, 10, 10]]), scores([0.4, 0.8]), 0.5),
+            "keep the higher score, not the first index",
+        ),
+        Case(
+            "IoU exactly at the threshold",
+            (boxes_tensor([[0, 0, 10, 10], [0, 0, 10, 20]]), scores([0.9, 0.8]), 0.5),
+            "suppress only when IoU > threshold (here IoU == 0.5: keep both)",
+        ),
+        Case(
+            "chain A > B > C",
+            (
+                boxes_tensor([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]]),
+                scores([0.9, 0.8, 0.7]),
+                0.3,
+            ),
+            "a suppressed box must not suppress others: C only overlaps B, which is gone",
+        ),
+        Case(
+            "300 random boxes",
+            (random_boxes(300, gen), torch.rand(300, generator=gen), 0.4),
+            "compare step by step with mnc_teach.boxes.nms_reference",
+        ),
+    ]
     for case in cases:
         expected = torchvision.ops.nms(*case.args)
-        ok, got = _call(fn, case, "my_nms")
+        ok, got = call_learner(fn, case, fn_name="my_nms")
         if not ok:
             return False
         got = torch.as_tensor(got)
         if got.dtype != torch.int64 or not torch.equal(got, expected):
             boxes, box_scores, threshold = case.args
-            print(f"{FAIL} {case.name} (threshold {threshold})\n  boxes    = {boxes.tolist()[:4]}\n"
-                  f"  scores   = {[round(v, 3) for v in box_scores.tolist()[:4]]}\n"
-                  f"  expected = {expected.tolist()[:10]} (int64)\n  got      = {got.tolist()[:10]} ({got.dtype})\n"
-                  f"  hint: {case.hint}")  # fmt: skip
+            print(
+                f"{FAIL} {case.name} (threshold {threshold})\n"
+                f"  boxes    = {boxes.tolist()[:4]}\n"
+                f"  scores   = {[round(v, 3) for v in box_scores.tolist()[:4]]}\n"
+                f"  expected = {expected.tolist()[:10]} (int64)\n"
+                f"  got      = {got.tolist()[:10]} ({got.dtype})\n"
+                f"  hint: {case.hint}"
+            )
             return False
     print(f"{PASS} my_nms matches torchvision.ops.nms on all {len(cases)} cases")
-    return True
-
-
-def check_roi_warp(fn: Callable[[Tensor, float, float], Tensor | float]) -> bool:
-    """Check ``fn(feature [h, w], x, y) -> value``, one bilinear sample with torchvision's border rule.
-
-    (x, y) are feature coordinates where cell (row i, column j) sits at (j, i). The reference is
-    ``mnc_teach.roi_warp.roi_warp`` on a 1 x 1 output whose single sample lands on (x, y): the box
-    (x, y, x + 1, y + 1) at spatial scale 1, i.e. torchvision's roi_align(aligned=True, sampling_ratio=1).
-    """
-    # imported here, not at the top: the checkers above do not need it
-    gen = torch.Generator().manual_seed(0)
-    feature = torch.randint(1, 10, (4, 5), generator=gen).to(torch.float64)  # h = 4 rows, w = 5 columns
-    xs = (torch.rand(40, generator=gen, dtype=torch.float64) * 8 - 2).tolist()  # beyond both borders
-    ys = (torch.rand(40, generator=gen, dtype=torch.float64) * 7 - 2).tolist()
-    cases = [
-        _Case("at a cell centre", (feature, 2.0, 1.0), "at (x, y) = (j, i) the value is feature[i, j]: rows are y, columns x"),
-        _Case("half-way between two columns", (feature, 1.5, 2.0),
-              "the right neighbour's weight is x - floor(x), the left one's 1 - (x - floor(x))"),
-        _Case("inside, between four cells", (feature, 0.25, 2.75),
-              "weights (1-lx)(1-ly), lx(1-ly), (1-lx)ly, lx*ly with lx = x - floor(x), ly = y - floor(y)"),
-        _Case("far right on a non-square map", (feature, 3.5, 0.5), "the map is [h, w] = [4, 5]: index feature[y, x], not [x, y]"),
-        _Case("just left of the map", (feature, -0.4, 1.5), "-1 <= x <= 0: move x to 0 (the first column), do not return 0"),
-        _Case("more than a cell left of the map", (feature, -1.3, 1.5), "x < -1 (or y < -1): the sample is 0"),
-        _Case("past the last column centre", (feature, 4.4, 2.25),
-              "floor(x) >= w - 1: both neighbours are the last column (w - 1), do not index column w"),
-        _Case("exactly on the right border x = w", (feature, 5.0, 1.0), "x == w is still inside (only x > w gives 0)"),
-        _Case("more than a cell below the map", (feature, 2.0, 4.2), "y > h: the sample is 0"),
-        _Case("bottom-right corner region", (feature, 4.7, 3.6), "apply the last-row and last-column rules together"),
-        *[_Case(f"random point {k}", (feature, x, y), "compare with the rule for the region the point lies in")
-          for k, (x, y) in enumerate(zip(xs, ys, strict=True))],
-    ]  # fmt: skip
-    for case in cases:
-        feature_map, x, y = case.args
-        box = torch.tensor([[0.0, x, y, x + 1, y + 1]], dtype=torch.float64)  # its centre minus 0.5 is (x, y)
-        expected = roi_warp(feature_map[None, None], box, 1, 1.0).item()
-        ok, got = _call(fn, case, "my_bilinear")
-        if not ok:
-            return False
-        try:
-            got_value = float(got)
-        except (TypeError, ValueError, RuntimeError):
-            print(f"{FAIL} {case.name}: expected one number (a float or a 0-d tensor), got {got!r}")
-            return False
-        if not abs(got_value - expected) <= 1e-6 * max(1.0, abs(expected)):
-            print(f"{FAIL} {case.name}: (x, y) = ({x:.3f}, {y:.3f}) on the [4, 5] map\n"
-                  f"  feature  = {feature_map.int().tolist()}\n  expected = {expected:.6f}\n  got      = {got_value:.6f}\n"
-                  f"  hint: {case.hint}")  # fmt: skip
-            return False
-    print(f"{PASS} my_bilinear matches roi_warp (= torchvision roi_align, aligned=True) on all {len(cases)} points")
-    return True
-
-
-# Stage 1-3 exercises (notebooks 02, 04, 05); library references are imported inside each checker.
-__all__ += ["check_generate_proposals", "check_mask_targets", "check_mask_level_labels"]
-
-MASK_TARGET_TOLERANCE = 0.03  # share of m x m cells that may differ (resizing methods sample different points)
-
-
-def _fail(case: _Case, lines: list[str]) -> bool:
-    print(f"{FAIL} {case.name}\n" + "".join(f"  {line}\n" for line in lines) + f"  hint: {case.hint}")
-    return False
-
-
-def check_generate_proposals(fn: Callable) -> bool:
-    """Check ``fn(anchors, objectness_logits, anchor_deltas, image_size, pre_nms_top_n, post_nms_top_n,
-    nms_iou, min_size) -> (boxes [R, 4], scores [R])`` against ``stage1_rpn.generate_proposals``."""
-    gen = torch.Generator().manual_seed(0)
-    logits = lambda values: torch.tensor(values, dtype=torch.float32)  # noqa: E731
-    zeros = lambda n: torch.zeros(n, 4)  # noqa: E731
-    far_apart = _boxes([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70], [80, 80, 90, 90]])
-    shapes_anchors = grid_anchors(generate_base_anchors(8, (0.5, 1.0, 2.0), (2, 4, 8)), (16, 16), 8)  # (2304, 4)
-    out_of_image = torch.tensor([[0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])  # first box moves half a width right
-    cases = [
-        _Case("one anchor, zero deltas", (_boxes([[10, 10, 30, 30]]), logits([0.0]), zeros(1), (64, 64), 10, 10, 0.7, 1.0),
-              "zero deltas leave the anchor as it is; the score is sigmoid(logit) = 0.5 here, not the logit"),
-        _Case("pre_nms_top_n = 3 of 5 separate anchors", (far_apart, logits([0.1, 2.0, -1.0, 3.0, 0.5]), zeros(5), (100, 100), 3, 10, 0.7, 1.0),
-              "keep the pre_nms_top_n highest logits before anything else, and return them best first"),
-        _Case("a box pushed out of the image", (_boxes([[40, 0, 60, 20], [0, 0, 20, 20]]), logits([1.0, 0.0]), out_of_image, (64, 64), 10, 10, 0.7, 1.0),
-              "after decoding, clip x to [0, W] and y to [0, H] (boxes.clip_boxes)"),
-        _Case("a box that is small only after clipping", (_boxes([[60, 10, 80, 30], [10, 10, 30, 30]]), logits([2.0, 1.0]), zeros(2), (40, 64), 10, 10, 0.7, 8.0),
-              "remove boxes with width or height < min_size AFTER clipping (the first box is 4 px wide inside the image)"),
-        _Case("two identical anchors", (_boxes([[10, 10, 30, 30], [10, 10, 30, 30]]), logits([0.2, 0.9]), zeros(2), (64, 64), 10, 10, 0.7, 1.0),
-              "NMS at nms_iou removes the duplicate and keeps the higher score"),
-        _Case("post_nms_top_n = 2", (far_apart, logits([0.1, 2.0, -1.0, 3.0, 0.5]), zeros(5), (100, 100), 5, 2, 0.7, 1.0),
-              "after NMS keep only the post_nms_top_n best boxes"),
-        _Case("shapes preset: 2304 anchors, random logits and deltas",
-              (shapes_anchors, torch.randn(2304, generator=gen), 0.3 * torch.randn(2304, 4, generator=gen), (128, 128), 600, 100, 0.7, 4.0),
-              "the order is: top-k logits, decode, clip, remove small boxes, NMS, keep post_nms_top_n"),
-    ]  # fmt: skip
-    for case in cases:
-        expected_boxes, expected_scores = generate_proposals(*case.args)
-        ok, got = _call(fn, case, "my_generate_proposals")
-        if not ok:
-            return False
-        if not (isinstance(got, (tuple, list)) and len(got) == 2 and all(torch.is_tensor(g) for g in got)):
-            return _fail(case, [f"expected a pair (boxes, scores) of tensors, got {type(got).__name__}"])
-        got_boxes, got_scores = (g.detach() for g in got)
-        if got_boxes.shape != expected_boxes.shape or got_scores.shape != expected_scores.shape:
-            return _fail(case, [f"expected {len(expected_boxes)} proposals, got boxes {tuple(got_boxes.shape)} "
-                                f"and scores {tuple(got_scores.shape)}"])  # fmt: skip
-        if not (torch.allclose(got_boxes, expected_boxes, atol=1e-3) and torch.allclose(got_scores, expected_scores, atol=1e-5)):
-            return _fail(case, [f"expected boxes {expected_boxes[:3].tolist()}", f"got      boxes {got_boxes[:3].tolist()}",
-                                f"expected scores {[round(v, 4) for v in expected_scores[:3].tolist()]}",
-                                f"got      scores {[round(v, 4) for v in got_scores[:3].tolist()]}"])  # fmt: skip
-    print(f"{PASS} my_generate_proposals matches stage1_rpn.generate_proposals on all {len(cases)} cases")
-    return True
-
-
-def _disc_masks(size: int, centres: list[tuple[float, float]], radius: float) -> Tensor:
-    rows, cols = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    return torch.stack([((cols - cx) ** 2 + (rows - cy) ** 2 <= radius**2) for cx, cy in centres]).to(torch.uint8)
-
-
-def check_mask_targets(fn: Callable) -> bool:
-    """Check ``fn(gt_masks [G, H, W] uint8, matched_gt [R], boxes [R, 4], mask_size, threshold) -> [R, M, M]``
-    against ``stage2_masks.mask_targets``: binary, right shape, and at most 3 % of the cells different
-    (resizing methods sample the mask at slightly different points)."""
-    gen = torch.Generator().manual_seed(0)
-    square = torch.zeros(1, 32, 48, dtype=torch.uint8)
-    square[0, 8:24, 4:20] = 1  # box (4, 8, 20, 24)
-    two = torch.zeros(2, 32, 32, dtype=torch.uint8)
-    two[0, 2:12, 2:12] = 1
-    two[1, 16:30, 10:30] = 1
-    stripes = torch.zeros(1, 16, 16, dtype=torch.uint8)
-    stripes[0, :, ::2] = 1  # every other column: each 2-pixel cell is half covered
-    corner = torch.zeros(1, 32, 32, dtype=torch.uint8)
-    corner[0, 0:10, 0:10] = 1
-    discs = _disc_masks(64, [(20, 24), (44, 40)], 12.0)
-    disc_boxes = torch.tensor([[8, 12, 32, 36], [32, 28, 56, 52]], dtype=torch.float32)
-    jittered = disc_boxes.repeat(3, 1) + 4 * torch.randn(6, 4, generator=gen)
-    index = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
-    cases = [
-        _Case("box = the object's tight box", (square, index([0]), _boxes([[4, 8, 20, 24]]), 8, 0.4),
-              "crop the mask to the box before resizing: a rectangle fills its own box, so the target is all 1"),
-        _Case("box twice as wide as the object", (square, index([0]), _boxes([[4, 8, 36, 24]]), 8, 0.4),
-              "the target is relative to the RoI: the object fills its left half"),
-        _Case("matched_gt picks the instance", (two, index([1, 0]), _boxes([[10, 16, 30, 30], [2, 2, 12, 12]]), 7, 0.4),
-              "RoI r takes the mask gt_masks[matched_gt[r]]"),
-        _Case("a box that misses the object", (square, index([0]), _boxes([[24, 0, 32, 6]]), 6, 0.4),
-              "no overlap gives an all-zero target"),
-        _Case("a box partly outside the image", (corner, index([0]), _boxes([[-10, -10, 10, 10]]), 8, 0.4),
-              "do not clip the box: pixels outside the image count as 0, so the object fills the bottom-right quarter"),
-        _Case("threshold is a parameter (0.6)", (stripes, index([0]), _boxes([[0, 0, 16, 16]]), 8, 0.6),
-              "each cell here is half covered (0.5): use the threshold argument, >= threshold is 1"),
-        _Case("two discs, six jittered boxes, m = 28", (discs, index([0, 1] * 3), jittered, 28, 0.4),
-              "sample the instance's mask bilinearly at the M x M cell centres inside the box, then binarise"),
-        _Case("no RoIs", (square, index([]), _boxes([]), 5, 0.4), "R = 0 must give a [0, M, M] result"),
-    ]  # fmt: skip
-    for case in cases:
-        expected = mask_targets(*case.args)
-        ok, got = _call(fn, case, "my_mask_targets")
-        if not ok:
-            return False
-        if not torch.is_tensor(got) or got.shape != expected.shape:
-            return _fail(case, [f"expected a tensor of shape {tuple(expected.shape)}, got {getattr(got, 'shape', type(got).__name__)}"])
-        got = got.detach().float()
-        if not ((got == 0) | (got == 1)).all():
-            print(f"{FAIL} {case.name}\n  expected 0/1 values, got values like {sorted(set(got.flatten().tolist()))[:5]}\n"
-                  "  hint: binarise the resized mask: (resized >= threshold).float()")
-            return False
-        for r in range(len(expected)):
-            differing = (got[r] != expected[r]).float().mean().item()
-            if differing > MASK_TARGET_TOLERANCE:
-                return _fail(case, [f"RoI {r} (box {[round(v, 1) for v in case.args[2][r].tolist()]}): "
-                                    f"{100 * differing:.0f} % of the cells differ", f"expected\n{expected[r].int()}",
-                                    f"got\n{got[r].int()}"])  # fmt: skip
-    print(f"{PASS} my_mask_targets matches stage2_masks.mask_targets on all {len(cases)} cases")
-    return True
-
-
-def check_mask_level_labels(fn: Callable) -> bool:
-    """Check ``fn(mask_probs, mask_targets, boxes, gt_areas, box_labels, mask_iou_fg, threshold) -> labels [R]``
-    against ``stage3_classify.mask_level_labels``."""
-    gen = torch.Generator().manual_seed(0)
-    size = 8  # M
-    box = _boxes([[0, 0, 16, 16]])  # 2 x 2 pixels per mask cell
-    target = torch.zeros(1, size, size)
-    target[0, 2:6, 1:7] = 1  # 24 cells = 96 pixels
-    half = target.clone()
-    half[0, :, 4:] = 0  # 12 of the 24 cells: IoU exactly 0.5
-    area = torch.tensor([96.0])
-    label = torch.tensor([2])
-    soft = torch.where(target > 0, 0.45, 0.35)  # binarised at 0.4 this is the target; at 0.5 it is empty
-    probs = torch.rand(20, size, size, generator=gen)
-    targets = (torch.rand(20, size, size, generator=gen) > 0.5).float()
-    boxes = torch.cat([torch.rand(20, 2, generator=gen) * 40, 10 + torch.rand(20, 2, generator=gen) * 40], dim=1)
-    boxes[:, 2:] += boxes[:, :2]
-    areas = targets.flatten(1).sum(1) * ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / size**2)
-    cases = [
-        _Case("perfect mask", (target.clone(), target, box, area, label, 0.5, 0.4), "mask IoU 1: keep the box-level label (each cell counts box area / M^2 pixels)"),
-        _Case("empty predicted mask", (torch.zeros(1, size, size), target, box, area, label, 0.5, 0.4), "mask IoU 0: background (0)"),
-        _Case("background RoI with a good mask", (target.clone(), target, box, area, torch.tensor([0]), 0.5, 0.4),
-              "a box-level background RoI stays background"),
-        _Case("soft probabilities 0.45 / 0.35", (soft, target, box, area, label, 0.5, 0.4),
-              "binarise mask_probs at the threshold argument (0.4), >= is foreground"),
-        _Case("the instance sticks out of the RoI", (target.clone(), target, box, 3 * area, label, 0.5, 0.4),
-              "the union uses the instance's full area (gt_areas, pixels), not only its part inside the RoI"),
-        _Case("IoU exactly 0.5", (half, target, box, area, label, 0.5, 0.4),
-              "IoU >= mask_iou_fg is foreground; count cells as box area / M^2 pixels each"),
-        _Case("mask_iou_fg is a parameter (0.7)", (half, target, box, area, label, 0.7, 0.4), "compare with the mask_iou_fg argument"),
-        _Case("20 random RoIs of different sizes", (probs, targets, boxes, areas, torch.randint(0, 4, (20,), generator=gen), 0.5, 0.4),
-              "each RoI has its own cell area: box area / M^2"),
-    ]  # fmt: skip
-    for case in cases:
-        expected = mask_level_labels(*case.args)
-        ok, got = _call(fn, case, "my_mask_level_labels")
-        if not ok:
-            return False
-        if not torch.is_tensor(got) or got.dtype != torch.int64 or not torch.equal(got, expected):
-            shown = got.tolist() if torch.is_tensor(got) else got
-            return _fail(case, [f"expected {expected.tolist()} (int64)", f"got      {shown} ({getattr(got, 'dtype', type(got).__name__)})"])
-    print(f"{PASS} my_mask_level_labels matches stage3_classify.mask_level_labels on all {len(cases)} cases")
     return True
