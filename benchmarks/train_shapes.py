@@ -28,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnc_teach.config import get_preset, override, shortened  # noqa: E402
 from mnc_teach.data import generate_shapes  # noqa: E402
+from mnc_teach.engine.batches import build_datasets  # noqa: E402
 from mnc_teach.engine.checkpoint import load_model  # noqa: E402
 from mnc_teach.engine.inference import predict  # noqa: E402
-from mnc_teach.engine.loop import build_datasets, train  # noqa: E402
+from mnc_teach.engine.loop import train
 from mnc_teach.evaluation.report import evaluate_predictions  # noqa: E402
 
 PRESET = "shapes-cpu"

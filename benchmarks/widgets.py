@@ -37,9 +37,10 @@ import torch  # noqa: E402
 from mnc_teach.cascade import build_mnc  # noqa: E402
 from mnc_teach.config import get_preset, override, shortened  # noqa: E402
 from mnc_teach.data import generate_shapes  # noqa: E402
+from mnc_teach.engine.batches import build_datasets  # noqa: E402
 from mnc_teach.engine.checkpoint import load_model  # noqa: E402
 from mnc_teach.engine.inference import predict_images  # noqa: E402
-from mnc_teach.engine.loop import build_datasets, train  # noqa: E402
+from mnc_teach.engine.loop import train
 from mnc_teach.engine.state import CHECKPOINT_NAME, HISTORY_NAME, TrainHistory  # noqa: E402
 from mnc_teach.viz.explorer import draw_stage_view  # noqa: E402
 from mnc_teach.widgets.dashboard import TrainingDashboard  # noqa: E402

@@ -1,5 +1,5 @@
 """The training loop with a fake model of MNC's interface: exact resume, data order, non-finite
-losses, stop requests, the lr schedule, gradient accumulation, datasets and predict.
+losses, stop requests, the lr schedule, gradient accumulation; and the real MNC resuming exactly.
 
 The fakes (FakeMNC, FakeInstances, small_config) are in tests/fakes.py.
 """
@@ -22,15 +22,13 @@ from fakes import (
     small_config,
     without_timing,
 )
-from voc_fixtures import build_sbd, build_voc
 
-from mnc_teach.config import TrainConfig, get_preset, override, shapes_cpu
-from mnc_teach.data.shapes import generate_shapes
-from mnc_teach.data.voc import VOCInstanceSegmentation, make_mnc_split
-from mnc_teach.engine import loop as loop_module
+from mnc_teach.config import TrainConfig, shapes_cpu
+from mnc_teach.data.voc import VOCInstanceSegmentation
+from mnc_teach.engine.batches import epoch_order
 from mnc_teach.engine.checkpoint import load_checkpoint, load_model
 from mnc_teach.engine.inference import predict
-from mnc_teach.engine.loop import build_datasets, epoch_order, lr_factor, make_optimizer, train
+from mnc_teach.engine.loop import lr_factor, make_optimizer, train
 from mnc_teach.engine.state import TrainHistory
 
 
@@ -75,16 +73,6 @@ def test_each_step_feeds_the_epoch_order(tmp_path: Path) -> None:
             expected.append((f"img{index:03d}", IMAGE_SIZE - (x1 + 6) if flip else x1))
     assert model.seen == expected[: 5 * 4]
     assert any(x1 != int(image_id[3:]) % 8 for image_id, x1 in model.seen)  # some were mirrored
-
-
-def test_epoch_order_is_a_seeded_permutation() -> None:
-    order = epoch_order(50, seed=3, epoch=2, flip=True)
-    assert sorted(i for i, _ in order) == list(range(50))
-    assert order == epoch_order(50, seed=3, epoch=2, flip=True)
-    assert order != epoch_order(50, seed=3, epoch=3, flip=True)
-    assert order != epoch_order(50, seed=4, epoch=2, flip=True)
-    assert 10 < sum(flip for _, flip in order) < 40
-    assert not any(flip for _, flip in epoch_order(50, seed=3, epoch=2, flip=False))
 
 
 def test_stop_request_saves_a_checkpoint_and_ends(tmp_path: Path) -> None:
@@ -217,46 +205,13 @@ def test_weight_decay_only_on_trainable_weights() -> None:
     assert [tuple(p.shape) for p in groups[0.0]] == [(4,)]  # the scale; the frozen bias is left out
 
 
-def _with_data(cfg, **data_values):
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_values))
-
-
-def test_build_datasets_resizes_and_names_a_missing_folder(
-    tiny_shapes: Path, tmp_path: Path
-) -> None:
-    cfg = _with_data(shapes_cpu(), root=str(tiny_shapes), min_size=96, max_size=96)
-    train_ds, val_ds = build_datasets(cfg)
-    assert (len(train_ds), len(val_ds)) == (6, 4)
-    image, target = train_ds[0]
-    assert image.shape == (3, 96, 96) and target["masks"].shape[-2:] == (96, 96)
-    voc = _with_data(cfg, dataset="voc", format="voc", root=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*download voc2012.*--data-root"):
-        build_datasets(voc)
-
-
-def test_build_datasets_generates_missing_shapes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    calls = []
-
-    def small_generate(root, seed):
-        calls.append(seed)
-        return generate_shapes(
-            root, seed=seed, num_train=4, num_val=2, image_size=64, progress=False
-        )
-
-    monkeypatch.setattr(loop_module, "generate_shapes", small_generate)
-    train_ds, _ = build_datasets(_with_data(shapes_cpu(), root=str(tmp_path / "shapes")))
-    assert calls == [0] and len(train_ds) == 4
-    assert "generating" in capsys.readouterr().out
-
-
 def test_real_mnc_resumes_exactly_and_predicts(tiny_shapes: Path, tmp_path: Path) -> None:
     """build_mnc(shapes-cpu) on 64 x 64 images: 2 steps straight == resuming its step-1
     checkpoint, then predict."""
     cfg = shapes_cpu()
     cfg = dataclasses.replace(
-        _with_data(cfg, root=str(tiny_shapes), min_size=64, max_size=64),
+        cfg,
+        data=dataclasses.replace(cfg.data, root=str(tiny_shapes), min_size=64, max_size=64),
         train=dataclasses.replace(
             cfg.train, images_per_batch=1, accumulate=1, max_steps=2, val_every=0, warmup_steps=0
         ),
@@ -284,18 +239,3 @@ def test_real_mnc_resumes_exactly_and_predicts(tiny_shapes: Path, tmp_path: Path
     for result in results:
         assert result["image_id"] == val.image_ids[0]
         assert result["segmentation"]["size"] == [64, 64]
-
-
-@pytest.mark.parametrize("preset", ["voc-vgg16-paper", "voc-resnet50"])
-def test_paper_presets_read_mncs_sbd_split(tmp_path: Path, preset: str) -> None:
-    """The VOC presets train on MNC's re-split of SBD (mnc_train / mnc_val), resized to
-    600 / 1000."""
-    voc, sbd = build_voc(tmp_path), build_sbd(tmp_path)
-    make_mnc_split(sbd.root, voc.root)
-    cfg = override(get_preset(preset), "data.root", str(sbd.root))
-    train_set, val_set = build_datasets(cfg)
-    assert (train_set.split, val_set.split, train_set.format) == ("mnc_train", "mnc_val", "sbd")
-    assert len(train_set) == len(val_set) == 3 and train_set.num_classes == cfg.num_classes == 20
-    image, target = train_set[0]
-    assert min(image.shape[-2:]) == 600 or max(image.shape[-2:]) == 1000
-    assert target["masks"].shape[-2:] == image.shape[-2:]

@@ -21,6 +21,7 @@ from mnc_teach.evaluation.coco import (
     MASK_BINARIZE_THRESHOLD,
     _rle_run_lengths,
     check_result,
+    check_results,
     coco_evaluate,
     decode_mask,
     detections_to_coco_results,
@@ -138,6 +139,12 @@ def test_check_result_names_missing_keys_and_a_non_dict():
     with pytest.raises(ValueError, match="^entry 3: expected a dict, got list"):
         check_result([GOOD], "entry 3")
     check_result(GOOD | {"image_id": "any", "category_id": 99}, "entry 4")  # no ids, no K given
+
+
+def test_check_results_names_the_first_bad_prediction_by_its_index():
+    check_results([GOOD, GOOD], image_ids={"a"}, num_classes=3)
+    with pytest.raises(ValueError, match=r"^prediction 1: .*category_id"):
+        check_results([GOOD, GOOD | {"category_id": 7}], image_ids={"a"}, num_classes=3)
 
 
 def test_index_images_needs_unique_ids_and_labels_in_range():

@@ -14,7 +14,8 @@ from mnc_teach.boxes import box_iou
 from mnc_teach.cascade import build_mnc
 from mnc_teach.config import get_preset, override, shortened
 from mnc_teach.data import generate_shapes
-from mnc_teach.engine.loop import build_datasets, train
+from mnc_teach.engine.batches import build_datasets
+from mnc_teach.engine.loop import train
 from mnc_teach.stage1_rpn import generate_proposals
 from mnc_teach.stage2_masks import mask_targets
 from mnc_teach.viz.common import GID_BOX, GID_GT, count_artists

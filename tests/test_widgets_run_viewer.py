@@ -18,8 +18,9 @@ from test_viz_losses import lines
 from mnc_teach.config import MNCConfig, shapes_cpu
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.engine import checkpoint as checkpoint_module
+from mnc_teach.engine.batches import build_datasets
 from mnc_teach.engine.checkpoint import load_checkpoint, load_model
-from mnc_teach.engine.loop import build_datasets, train
+from mnc_teach.engine.loop import train
 from mnc_teach.engine.state import TrainHistory
 from mnc_teach.viz.gallery import MAX_DRAWN
 from mnc_teach.widgets import run_viewer as run_viewer_module

@@ -5,10 +5,9 @@
 
 One optimiser step = ``cfg.train.accumulate`` micro-batches of ``cfg.train.images_per_batch``
 images (MNC: 1 image x ``iter_size`` 8, MNC_SPEC §7). The images of step ``s`` are a pure
-function of ``(seed, s)``: epoch ``e`` visits the training set in the order (and with the
-flips) drawn by ``numpy.random.default_rng([seed, e])``, and a resumed run skips to step ``s``
-by index. Together with the saved RNG states this makes ``N steps + resume to 2N`` give the
-same losses as ``2N`` steps straight.
+function of ``(seed, s)`` (:mod:`mnc_teach.engine.batches`), and a resumed run skips to step
+``s`` by index. Together with the saved RNG states this makes ``N steps + resume to 2N`` give
+the same losses as ``2N`` steps straight.
 
 Callbacks are objects with any of ``on_train_start``, ``on_step_end``, ``on_validation``,
 ``on_train_end``, each called with the :class:`~mnc_teach.engine.state.TrainState`; setting
@@ -29,16 +28,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mnc_teach.cascade import build_mnc
 from mnc_teach.config import MNCConfig, TrainConfig
-from mnc_teach.data.shapes import generate_shapes
-from mnc_teach.data.transforms import RandomHorizontalFlip, ResizeShortestSide, collate
-from mnc_teach.data.voc import VOCInstanceSegmentation
+from mnc_teach.data.transforms import collate
+from mnc_teach.engine.batches import build_datasets, epoch_loader, to_device
 from mnc_teach.engine.checkpoint import (
     load_checkpoint,
     restore_checkpoint,
@@ -56,95 +53,11 @@ from mnc_teach.engine.state import (
 )
 
 __all__ = [
-    "build_datasets", "epoch_order", "lr_factor", "make_optimizer", "train", "train_one_epoch",
-    "train_one_step", "validation_losses",
+    "lr_factor", "make_optimizer", "train", "train_one_epoch", "train_one_step",
+    "validation_losses",
 ]
 
-FLIP_PROBABILITY = 0.5  # MNC trains on every image and its mirror (TRAIN.USE_FLIPPED, MNC_SPEC §7)
 MAX_VAL_IMAGES = 50  # validation losses use the first 50 val images only
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def build_datasets(cfg: MNCConfig) -> tuple[VOCInstanceSegmentation, VOCInstanceSegmentation]:
-    """The train and val datasets of ``cfg.data``, resized to its ``min_size`` / ``max_size``.
-
-    Flips are not a dataset transform: the loop draws them with the data order
-    (:func:`epoch_order`). The shapes dataset is generated (``generate_shapes(root, seed=0)``)
-    when its folder is missing.
-    """
-    data, root = cfg.data, Path(cfg.data.root).expanduser()
-    if data.dataset == "shapes" and not (root / "VOCdevkit" / "VOC2012").exists():
-        print(f"no shapes dataset in {root}: generating it "
-              f"(python -m mnc_teach shapes --root {root})")
-        generate_shapes(root, seed=0)
-    fmt = "voc" if data.dataset == "shapes" else data.format
-    resize = ResizeShortestSide(data.min_size, data.max_size)
-    try:
-        return tuple(
-            VOCInstanceSegmentation(root, split=split, format=fmt, transforms=resize)
-            for split in (data.train_split, data.val_split)
-        )
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{error} (the config's data.root is {root}; set it with --data-root DIR)"
-        ) from None
-
-
-def epoch_order(num_images: int, *, seed: int, epoch: int, flip: bool) -> list[tuple[int, bool]]:
-    """``(dataset index, flip?)`` for every image of epoch ``epoch``; a function of ``seed`` and
-    ``epoch`` only."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(num_images)
-    flips = rng.random(num_images) < FLIP_PROBABILITY if flip else np.zeros(num_images, dtype=bool)
-    return list(zip(order.tolist(), flips.tolist(), strict=True))
-
-
-class _FlipByKey(Dataset):
-    """``dataset[(index, flip)]``: item ``index``, mirrored when ``flip`` (the sampler decides)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset, self.mirror = dataset, RandomHorizontalFlip(p=1.0)
-
-    def __getitem__(self, key: tuple[int, bool]):
-        index, flip = key
-        image, target = self.dataset[index]
-        return self.mirror(image, target) if flip else (image, target)
-
-
-def _epoch_loader(
-    dataset: Dataset, cfg: MNCConfig, *, epoch: int, first_step: int, steps_per_epoch: int
-) -> DataLoader:
-    """Micro-batches of epoch ``epoch`` from its step ``first_step`` on (earlier ones skipped by
-    index). The loader has its own seeded generator: the global RNG stays untouched."""
-    per_step = cfg.train.images_per_batch * cfg.train.accumulate
-    order = epoch_order(len(dataset), seed=cfg.train.seed, epoch=epoch, flip=cfg.data.flip)
-    keys = order[first_step * per_step : steps_per_epoch * per_step]
-    return DataLoader(
-        _FlipByKey(dataset),
-        batch_size=cfg.train.images_per_batch,
-        sampler=keys,
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-        worker_init_fn=_ignore_interrupts,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-    )
-
-
-def _ignore_interrupts(worker_id: int) -> None:
-    """Workers ignore Ctrl-C: the main process decides (stop after the step); workers load on."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _to_device(images: list[Tensor], targets: list[dict] | None, device: torch.device):
-    images = [image.to(device, non_blocking=True) for image in images]
-    if targets is not None:
-        targets = [
-            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in target.items()}
-            for target in targets
-        ]
-    return images, targets
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -187,7 +100,7 @@ def train_one_step(
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     for images, targets in micro_batches:
-        images, targets = _to_device(images, targets, device)
+        images, targets = to_device(images, targets, device)
         with torch.autocast(device.type, enabled=amp):
             _, losses = model(images, targets)
         for name, value in losses.items():
@@ -256,7 +169,7 @@ def validation_losses(
     with eval_mode(model):
         for start in range(0, min(len(dataset), max_images), batch_size):
             stop = min(start + batch_size, len(dataset), max_images)
-            images, targets = _to_device(*collate([dataset[i] for i in range(start, stop)]), device)
+            images, targets = to_device(*collate([dataset[i] for i in range(start, stop)]), device)
             _, losses = model(images, targets, detect=False)  # losses only: no inference
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * len(images)
@@ -411,7 +324,7 @@ def _run_epochs(
         with _stop_on_interrupt(state):
             while state.step < state.max_steps and not state.stop_requested:
                 epoch, first_step = divmod(state.step, steps_per_epoch)
-                loader = _epoch_loader(
+                loader = epoch_loader(
                     train_dataset,
                     state.cfg,
                     epoch=epoch,

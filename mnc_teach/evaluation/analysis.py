@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnc_teach.evaluation.coco import check_result, index_images
+from mnc_teach.evaluation.coco import check_results, index_images
 from mnc_teach.evaluation.sds import class_mask_ious, match_detections
 from mnc_teach.structures import Target
 
@@ -116,10 +116,7 @@ def analyze_matches(
     num_classes = len(class_names) - 1
     image_index = index_images(ground_truth, num_classes)
     if check:
-        for p, entry in enumerate(predictions):
-            check_result(
-                entry, f"prediction {p}", image_ids=image_index, num_classes=num_classes
-            )
+        check_results(predictions, image_ids=image_index, num_classes=num_classes)
     pred_ious = class_mask_ious(predictions, ground_truth, image_index)  # P arrays [G_c]
     gt_labels = [target["labels"].cpu().numpy() for target in ground_truth]
     category = np.array([entry["category_id"] for entry in predictions], dtype=np.int64)  # [P]

@@ -30,7 +30,8 @@ from mnc_teach.fileio import write_text_atomically
 from mnc_teach.structures import Target
 
 __all__ = [
-    "COCO_STAT_NAMES", "MASK_BINARIZE_THRESHOLD", "RESULT_KEYS", "check_result", "coco_evaluate",
+    "COCO_STAT_NAMES", "MASK_BINARIZE_THRESHOLD", "RESULT_KEYS", "check_result", "check_results",
+    "coco_evaluate",
     "decode_mask", "detections_to_coco_results", "encode_mask", "encode_masks", "index_images",
     "load_predictions", "save_predictions",
 ]
@@ -165,6 +166,14 @@ def check_result(
         fail(f"bad RLE: run lengths are negative or do not add up to H * W = {size[0] * size[1]}")
 
 
+def check_results(
+    predictions: list[dict], *, image_ids: Container[str], num_classes: int
+) -> None:
+    """:func:`check_result` for every entry of a predictions list, each named by its index."""
+    for p, entry in enumerate(predictions):
+        check_result(entry, f"prediction {p}", image_ids=image_ids, num_classes=num_classes)
+
+
 def detections_to_coco_results(
     image_id: str, detections: dict, mask_threshold: float = MASK_BINARIZE_THRESHOLD
 ) -> list[dict]:
@@ -286,15 +295,12 @@ def coco_evaluate(
     """
     num_classes = len(class_names) - 1
     image_index = index_images(ground_truth, num_classes)
-    results = []
-    for p, entry in enumerate(predictions):
-        if check:
-            where = f"prediction {p}"
-            check_result(entry, where, image_ids=image_index, num_classes=num_classes)
-        results.append(
-            {key: entry[key] for key in RESULT_KEYS}
-            | {"image_id": image_index[entry["image_id"]] + 1}
-        )
+    if check:
+        check_results(predictions, image_ids=image_index, num_classes=num_classes)
+    results = [
+        {key: entry[key] for key in RESULT_KEYS} | {"image_id": image_index[entry["image_id"]] + 1}
+        for entry in predictions
+    ]
 
     log = io.StringIO()
     with contextlib.redirect_stdout(log):

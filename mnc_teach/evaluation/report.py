@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mnc_teach.evaluation.coco import check_result, coco_evaluate
+from mnc_teach.evaluation.coco import check_results, coco_evaluate
 from mnc_teach.evaluation.sds import evaluate_sds, json_float
 from mnc_teach.structures import Target
 
@@ -31,9 +31,7 @@ def evaluate_predictions(
     """
     if check:
         image_ids = {target.get("image_id") for target in ground_truth}
-        for p, entry in enumerate(predictions):
-            where = f"prediction {p}"
-            check_result(entry, where, image_ids=image_ids, num_classes=len(class_names) - 1)
+        check_results(predictions, image_ids=image_ids, num_classes=len(class_names) - 1)
     sds = evaluate_sds(predictions, ground_truth, class_names, check=False)
     coco = coco_evaluate(predictions, ground_truth, class_names, check=False)
     coco_json = {name: json_float(value) for name, value in coco.items()}

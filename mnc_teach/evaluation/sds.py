@@ -20,7 +20,7 @@ import pycocotools.mask as mask_utils
 import torch
 from torch import Tensor
 
-from mnc_teach.evaluation.coco import check_result, encode_mask, encode_masks, index_images
+from mnc_teach.evaluation.coco import check_results, encode_mask, encode_masks, index_images
 from mnc_teach.structures import Target
 
 __all__ = [
@@ -289,10 +289,7 @@ def evaluate_sds(
     num_classes = len(class_names) - 1
     image_index = index_images(ground_truth, num_classes)
     if check:
-        for p, entry in enumerate(predictions):
-            check_result(
-                entry, f"prediction {p}", image_ids=image_index, num_classes=num_classes
-            )
+        check_results(predictions, image_ids=image_index, num_classes=num_classes)
     pred_ious = class_mask_ious(predictions, ground_truth, image_index)
     num_gt_per_image = np.zeros((len(ground_truth), num_classes), dtype=np.int64)  # [images, K]
     for i, target in enumerate(ground_truth):
