@@ -27,12 +27,16 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "Detection", "check_targets", "empty_target"]
+__all__ = ["LOSS_PREFIX", "Detection", "Target", "check_targets", "empty_target", "loss_terms"]
+
+# The model returns its losses as {"loss_<stage>_<what>": scalar}; stages 4-5 add "_s4" / "_s5".
+LOSS_PREFIX = "loss_"
 
 
 class Target(TypedDict, total=False):
@@ -68,6 +72,12 @@ class Detection(TypedDict, total=False):
     labels: Tensor
     scores: Tensor
     masks: Tensor
+
+
+def loss_terms(entries: Sequence[Mapping[str, float]]) -> list[str]:
+    """The loss terms (``loss_*`` keys) of per-step records, in the order they first appear
+    (a run's history keeps one record per step, with ``step``, ``total``, ``lr``... beside them)."""
+    return list({key: None for entry in entries for key in entry if key.startswith(LOSS_PREFIX)})
 
 
 def empty_target(height: int, width: int, image_id: str = "") -> Target:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnc_teach.structures import Target, check_targets, empty_target
+from mnc_teach.structures import Target, check_targets, empty_target, loss_terms
 
 
 def _valid_target() -> Target:
@@ -66,3 +66,10 @@ def test_image_checks() -> None:
         check_targets([torch.zeros(3, 20, 30, dtype=torch.uint8)], [_valid_target()])
     with pytest.raises(ValueError, match="1 images but 2 targets"):
         check_targets([torch.rand(3, 20, 30)], [_valid_target(), _valid_target()])
+
+
+def test_loss_terms_in_order_of_first_appearance_without_other_keys() -> None:
+    entries = [{"step": 1, "loss_b": 1.0, "total": 1.0},
+               {"step": 2, "loss_a": 2.0, "loss_b": 3.0, "lr": 0.1, "images_per_s": 5.0}]
+    assert loss_terms(entries) == ["loss_b", "loss_a"]
+    assert loss_terms([]) == []

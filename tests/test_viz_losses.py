@@ -23,7 +23,6 @@ from mnc_teach.viz.losses import (
     draw_history,
     draw_history_comparison,
     draw_loss_curves,
-    loss_terms,
     moving_average,
     plot_history,
     term_points,
@@ -60,12 +59,9 @@ def test_moving_average_matches_hand_computed_trailing_means() -> None:
         moving_average([1.0], 0)
 
 
-def test_loss_terms_and_points_are_those_of_the_history() -> None:
+def test_term_points_are_the_steps_that_have_the_term() -> None:
     entries = [{"step": 1, "loss_b": 1.0, "total": 1.0},
                {"step": 2, "loss_a": 2.0, "loss_b": 3.0, "lr": 0.1}]
-    assert loss_terms(entries) == ["loss_b", "loss_a"]  # first appearance, no total / lr
-    history = TrainHistory(steps=entries[:1], val=entries[1:])
-    assert loss_terms(history.steps + history.val) == history.terms()
     assert term_points(entries, "loss_b") == ([1, 2], [1.0, 3.0])
     assert term_points(entries, "loss_a") == ([2], [2.0])
 

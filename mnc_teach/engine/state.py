@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mnc_teach.config import MNCConfig
 from mnc_teach.fileio import write_text_atomically
+from mnc_teach.structures import LOSS_PREFIX, loss_terms
 
 __all__ = [
     "CHECKPOINT_NAME", "HISTORY_NAME", "RENAMED_LOSS_TERMS", "Callback", "ProgressPrinter",
@@ -61,8 +62,7 @@ class TrainHistory:
 
     def terms(self) -> list[str]:
         """Loss term names (``loss_*``) in the order they first appear."""
-        entries = self.steps + self.val
-        return list({key: None for entry in entries for key in entry if key.startswith("loss_")})
+        return loss_terms(self.steps + self.val)
 
     def to_dict(self) -> dict[str, list[dict[str, float]]]:
         return {"steps": self.steps, "val": self.val}
@@ -145,7 +145,7 @@ def format_seconds(seconds: float) -> str:
 def _terms_text(losses: dict[str, float]) -> str:
     """``rpn_obj 0.6931  mask 0.6931 ...``: each loss term of ``losses`` but the total."""
     return "  ".join(
-        f"{name.removeprefix('loss_')} {value:.4f}"
+        f"{name.removeprefix(LOSS_PREFIX)} {value:.4f}"
         for name, value in losses.items()
         if name != "total"
     )

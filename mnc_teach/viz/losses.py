@@ -28,11 +28,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
+from mnc_teach.structures import LOSS_PREFIX, loss_terms
 from mnc_teach.viz.common import new_axes
 
 __all__ = [
     "GID_LOSS", "GID_LR", "GID_RUN_CURVE", "LOSS_FIGSIZE", "MAX_POINTS", "TOTAL", "LossHistory",
-    "draw_history", "draw_history_comparison", "draw_loss_curves", "loss_terms", "moving_average",
+    "draw_history", "draw_history_comparison", "draw_loss_curves", "moving_average",
     "plot_history", "term_points",
 ]
 
@@ -69,11 +70,6 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return (cumulative[stop] - cumulative[start]) / (stop - start)
 
 
-def loss_terms(entries: Sequence[Mapping[str, float]]) -> list[str]:
-    """The loss terms (``loss_*`` keys) of per-step entries, in the order they first appear."""
-    return list({key: None for entry in entries for key in entry if key.startswith("loss_")})
-
-
 def term_points(entries: Sequence[Mapping[str, float]], term: str) -> tuple[list, list]:
     """``(steps, values)`` of ``term`` over the entries that have it."""
     points = [(entry["step"], entry[term]) for entry in entries if term in entry]
@@ -81,7 +77,7 @@ def term_points(entries: Sequence[Mapping[str, float]], term: str) -> tuple[list
 
 
 def _label(term: str) -> str:
-    return term.removeprefix("loss_")
+    return term.removeprefix(LOSS_PREFIX)
 
 
 def _entries(history: LossHistory | Mapping) -> tuple[list[dict], list[dict]]:
