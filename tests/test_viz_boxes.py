@@ -15,11 +15,7 @@ from mnc_teach.viz.boxes import (
     draw_boxes_and_iou,
     draw_nms,
 )
-from mnc_teach.viz.common import GID_BOX, GID_GT, count_artists
-
-
-def artists(fig, gid):
-    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
+from mnc_teach.viz.common import GID_BOX, GID_GT, count_artists, find_artists
 
 
 def corners(collection) -> np.ndarray:
@@ -43,12 +39,12 @@ def test_draw_anchors_counts_kinds_and_subsamples():
     assert "positive: 7" in legend and "negative: 400 (50 drawn)" in legend
     assert "ignored: 93 (50 drawn)" in legend
     # the positives' rectangles are exactly the first 7 anchors
-    (positives,) = artists(fig, "anchors-positive")
+    (positives,) = find_artists(fig, "anchors-positive")
     np.testing.assert_allclose(corners(positives), anchors[:7].numpy(), atol=1e-4)
     # the subset is reproducible
     again = draw_anchors(None, anchors, labels, max_per_kind=50, image_size=(120, 120))
-    (negatives_a,) = artists(fig, "anchors-negative")
-    (negatives_b,) = artists(again, "anchors-negative")
+    (negatives_a,) = find_artists(fig, "anchors-negative")
+    (negatives_b,) = find_artists(again, "anchors-negative")
     np.testing.assert_array_equal(corners(negatives_a), corners(negatives_b))
 
 
@@ -81,7 +77,7 @@ def test_draw_boxes_and_iou_title_matches_torchvision(box_a, box_b):
                                        torch.tensor([box_b], dtype=torch.float32))[0, 0].item()
     assert fig.axes[0].get_title().endswith(f"= {expected:.3f}")
     assert count_artists(fig, GID_BOX) == 2
-    shaded = artists(fig, GID_INTERSECTION)
+    shaded = find_artists(fig, GID_INTERSECTION)
     if expected > 0:
         (rect,) = shaded
         assert (*rect.get_xy(), rect.get_width(), rect.get_height()) == (5, 5, 5, 5)

@@ -17,14 +17,10 @@ from mnc_teach.viz.classify import (
     draw_class_scores,
     draw_mask_pooling,
 )
-from mnc_teach.viz.common import count_artists
+from mnc_teach.viz.common import count_artists, find_artists
 from mnc_teach.viz.masks import GID_ROI_BOX
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
-
-
-def artists(fig, gid):
-    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
 
 
 def test_draw_mask_pooling_product_is_feature_times_bilinearly_resized_mask():
@@ -35,9 +31,9 @@ def test_draw_mask_pooling_product_is_feature_times_bilinearly_resized_mask():
     fig = draw_mask_pooling(feature, mask, torch.rand(3, 32, 32), torch.tensor([4.0, 4, 20, 20]),
                             channel=5)
     assert len(fig.axes) == 4 and count_artists(fig, GID_ROI_BOX) == 1
-    (shown_feature,) = artists(fig, GID_FEATURE)
-    (shown_mask,) = artists(fig, GID_POOL_MASK)
-    (shown_product,) = artists(fig, GID_POOLED)
+    (shown_feature,) = find_artists(fig, GID_FEATURE)
+    (shown_mask,) = find_artists(fig, GID_POOL_MASK)
+    (shown_product,) = find_artists(fig, GID_POOLED)
     resized = F.interpolate(mask[None, None], size=(7, 7), mode="bilinear",
                             align_corners=False)[0, 0]  # the reference
     np.testing.assert_allclose(np.asarray(shown_feature.get_array()), feature.numpy())

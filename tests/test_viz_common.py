@@ -20,6 +20,7 @@ from mnc_teach.viz.common import (
     as_numpy,
     count_artists,
     figure_png,
+    find_artists,
     fit_view,
     image_hwc,
     instance_colors,
@@ -40,6 +41,8 @@ def test_count_artists_counts_single_artists_and_the_paths_of_a_collection():
     right.add_collection(collection)
     assert count_artists(fig, "mine") == 2 and count_artists(fig, "other") == 1
     assert count_artists(fig, "many") == 5 and count_artists(fig, "absent") == 0
+    assert find_artists(fig, "many") == [collection]  # find: the collection is one artist
+    assert [a.axes for a in find_artists(fig, "mine")] == [left, right]
 
 
 def test_instance_colors_are_stable_and_distinct():

@@ -9,7 +9,7 @@ import torch
 from fakes import CLASSES, rect, synthetic_set
 
 from mnc_teach.evaluation.sds import average_precision, evaluate_sds
-from mnc_teach.viz.common import count_artists
+from mnc_teach.viz.common import count_artists, find_artists
 from mnc_teach.viz.evaluation import (
     GID_AP_AREA,
     GID_DET_LABEL,
@@ -32,10 +32,6 @@ from mnc_teach.viz.evaluation import (
 )
 
 
-def _by_gid(fig, gid: str) -> list:
-    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
-
-
 def _texts(fig) -> list[str]:
     return [t.get_text() for ax in fig.axes for t in ax.texts]
 
@@ -52,7 +48,7 @@ def test_mask_outline_is_the_boundary() -> None:
 def test_draw_mask_iou_colours_every_pixel_by_kind() -> None:
     a, b = rect(0, 4, 0, 4, side=8), rect(2, 6, 2, 7, side=8)  # 16 and 20 pixels, 2 x 2 shared
     fig = draw_mask_iou(a, b, names=("prediction", "ground truth"))
-    (image,) = _by_gid(fig, GID_IOU_PIXELS)
+    (image,) = find_artists(fig, GID_IOU_PIXELS)
     pixels = image.get_array().reshape(-1, 3)
     counts = [int(np.all(np.isclose(pixels, IOU_COLORS[k]), axis=1).sum()) for k in range(4)]
     assert counts == [64 - 32, 12, 16, 4]
@@ -70,14 +66,14 @@ def test_draw_matching_counts_and_places_captions() -> None:
     fig = draw_matching(image, gts, dets, [True, False, False], ["#1", "#2", "#3"])
     assert count_artists(fig, GID_GT_OUTLINE) == 2
     assert count_artists(fig, GID_TP_MASK) == 1 and count_artists(fig, GID_FP_MASK) == 2
-    labels = _by_gid(fig, GID_DET_LABEL)
+    labels = find_artists(fig, GID_DET_LABEL)
     assert [t.get_text() for t in labels] == ["#1", "#2", "#3"]
     # (x, y) of each mask's corner
     assert [t.get_position() for t in labels] == [(0, 0), (0, 1), (5, 15)]
-    (tp_overlay,) = _by_gid(fig, GID_TP_MASK)
+    (tp_overlay,) = find_artists(fig, GID_TP_MASK)
     alpha = tp_overlay.get_array()[..., 3]  # filled, with an opaque boundary
     assert (alpha > 0).sum() == dets[0].sum() and (alpha == 1).sum() == mask_outline(dets[0]).sum()
-    (outline, _) = _by_gid(fig, GID_GT_OUTLINE)
+    (outline, _) = find_artists(fig, GID_GT_OUTLINE)
     assert (outline.get_array()[..., 3] > 0).sum() == mask_outline(gts[0]).sum()
     with pytest.raises(ValueError, match="one of each"):
         draw_matching(image, gts, dets, [True], ["#1", "#2", "#3"])
@@ -92,10 +88,10 @@ def test_draw_ap_variants_shades_the_area_ap_and_marks_the_voc07_points() -> Non
     recall = np.array([0.25, 0.25, 0.5, 0.75, 0.75])
     precision = np.array([1.0, 0.5, 0.67, 0.75, 0.6])
     fig = draw_ap_variants(recall, precision, title="toy")
-    (area,) = _by_gid(fig, GID_AP_AREA)
+    (area,) = find_artists(fig, GID_AP_AREA)
     shaded = sum(_polygon_area(path.vertices) for path in area.get_paths())
     assert shaded == pytest.approx(average_precision(recall, precision, "area"))
-    (points,) = _by_gid(fig, GID_VOC07_POINTS)
+    (points,) = find_artists(fig, GID_VOC07_POINTS)
     np.testing.assert_allclose(points.get_xdata(), np.arange(11) / 10)
     voc07_ap = average_precision(recall, precision, "voc07")
     assert np.mean(points.get_ydata()) == pytest.approx(voc07_ap)

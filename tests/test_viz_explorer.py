@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mnc_teach.viz.common import GID_BOX, GID_GT, count_artists
+from mnc_teach.viz.common import GID_BOX, GID_GT, count_artists, find_artists
 from mnc_teach.viz.explorer import (
     GID_CLASS_BAR,
     GID_REFINED_BOX,
@@ -19,10 +19,6 @@ from mnc_teach.viz.explorer import (
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
 SIZE, M = 48, 8
-
-
-def artists(fig, gid):
-    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
 
 
 def make_view(five_stages: bool = True, with_target: bool = True) -> StageView:
@@ -61,13 +57,13 @@ def test_a_five_stage_view_draws_every_panel_of_the_roi() -> None:
     assert count_artists(fig, GID_CLASS_BAR) == 3 * len(CLASS_NAMES)  # mask, box, stage 5
     assert count_artists(fig, GID_ROI_PANEL) == 2  # the features and the pasted mask
     assert count_artists(fig, GID_BOX) == 2  # the best 2 of the 3 scoring >= 0.5
-    (roi,) = artists(fig, GID_ROI_BOX)
+    (roi,) = find_artists(fig, GID_ROI_BOX)
     assert (roi.get_xy(), roi.get_width(), roi.get_height()) == ((8.0, 8.0), 24.0, 24.0)
-    features = artists(fig, GID_ROI_PANEL)[0]
+    features = find_artists(fig, GID_ROI_PANEL)[0]
     np.testing.assert_allclose(features.get_array(), view.features.mean(dim=0).numpy(), rtol=1e-6)
-    stage2 = artists(fig, GID_STAGE_MASK)[0]
+    stage2 = find_artists(fig, GID_STAGE_MASK)[0]
     np.testing.assert_array_equal(stage2.get_array(), view.mask.numpy())
-    bars = artists(fig, GID_CLASS_BAR)
+    bars = find_artists(fig, GID_CLASS_BAR)
     np.testing.assert_allclose([b.get_height() for b in bars[:4]], view.cls_probs.numpy())
     assert fig.axes[5].get_xticklabels()[2].get_color() == "tab:green"  # the training label
     assert fig.axes[5].get_title().startswith("stage 3: square 0.60")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from mnc_teach.viz.common import GID_GT, count_artists
+from mnc_teach.viz.common import GID_GT, count_artists, find_artists
 from mnc_teach.viz.inference import (
     GID_KEPT_BOX,
     GID_OWN_MASK,
@@ -25,8 +25,7 @@ from mnc_teach.viz.inference import (
 
 
 def _rects(fig, gid: str) -> list[Rectangle]:
-    return [a for ax in fig.axes for a in ax.get_children()
-            if isinstance(a, Rectangle) and a.get_gid() == gid]
+    return [a for a in find_artists(fig, gid) if isinstance(a, Rectangle)]
 
 
 def _xyxy(rect: Rectangle) -> list[float]:

@@ -10,7 +10,7 @@ import torch
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
-from mnc_teach.viz.common import GID_BOX, count_artists, instance_colors
+from mnc_teach.viz.common import GID_BOX, count_artists, find_artists, instance_colors
 from mnc_teach.viz.instances import (
     GID_IGNORE,
     GID_LABEL,
@@ -44,8 +44,7 @@ def make_target(height: int = 40, width: int = 50) -> dict:
 
 
 def artists(fig, gid, kind=None):
-    found = [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
-    return [a for a in found if kind is None or isinstance(a, kind)]
+    return [a for a in find_artists(fig, gid) if kind is None or isinstance(a, kind)]
 
 
 def opaque_pixels(image_artist: AxesImage) -> int:

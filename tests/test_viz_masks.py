@@ -9,7 +9,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 from mnc_teach.postprocess import paste_masks
-from mnc_teach.viz.common import count_artists
+from mnc_teach.viz.common import count_artists, find_artists
 from mnc_teach.viz.masks import (
     GID_MASK_PRED,
     GID_MASK_TARGET,
@@ -18,10 +18,6 @@ from mnc_teach.viz.masks import (
     PASTE_THRESHOLD,
     draw_mask_grid,
 )
-
-
-def artists(fig, gid):
-    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
 
 
 def _grid_inputs():
@@ -39,16 +35,16 @@ def test_draw_mask_grid_with_predictions_has_four_columns_and_exact_pixels():
     assert len(fig.axes) == 8
     for gid in (GID_ROI_BOX, GID_MASK_TARGET, GID_MASK_PRED, GID_PASTED):
         assert count_artists(fig, gid) == 2, gid
-    rects = [a for a in artists(fig, GID_ROI_BOX) if isinstance(a, Rectangle)]
+    rects = [a for a in find_artists(fig, GID_ROI_BOX) if isinstance(a, Rectangle)]
     assert [(r.get_x(), r.get_y(), r.get_width(), r.get_height()) for r in rects] == [
         (8, 8, 32, 24), (20, 30, 40, 30)]
-    shown_targets = [np.asarray(a.get_array()) for a in artists(fig, GID_MASK_TARGET)]
+    shown_targets = [np.asarray(a.get_array()) for a in find_artists(fig, GID_MASK_TARGET)]
     np.testing.assert_array_equal(shown_targets[1], targets[1].numpy())
-    shown_pred = np.asarray(artists(fig, GID_MASK_PRED)[0].get_array())
+    shown_pred = np.asarray(find_artists(fig, GID_MASK_PRED)[0].get_array())
     np.testing.assert_array_equal(shown_pred, preds[0].numpy())
     # the pasted overlay is postprocess.paste_masks of the prediction, binarised at the threshold
     expected = paste_masks(preds, boxes, (0, 0, 64, 64)) >= PASTE_THRESHOLD
-    for overlay, mask in zip(artists(fig, GID_PASTED), expected, strict=True):
+    for overlay, mask in zip(find_artists(fig, GID_PASTED), expected, strict=True):
         np.testing.assert_array_equal(np.asarray(overlay.get_array())[..., 3] > 0, mask.numpy())
     assert fig.axes[0].get_title() == "a"
     # the pasted column is zoomed on its RoI: RoI 0 plus a quarter of its larger side (8 px)
@@ -59,7 +55,7 @@ def test_draw_mask_grid_without_predictions_pastes_the_target():
     image, boxes, targets = _grid_inputs()
     fig = draw_mask_grid(image, boxes[:1], targets[:1])
     assert len(fig.axes) == 3 and count_artists(fig, GID_MASK_PRED) == 0
-    (overlay,) = artists(fig, GID_PASTED)
+    (overlay,) = find_artists(fig, GID_PASTED)
     expected = paste_masks(targets[:1], boxes[:1], (0, 0, 64, 64))[0] >= PASTE_THRESHOLD
     np.testing.assert_array_equal(np.asarray(overlay.get_array())[..., 3] > 0, expected.numpy())
     assert expected.sum() > 0  # the test would be empty otherwise

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnc_teach.viz.common import GID_GT, count_artists
+from mnc_teach.viz.common import GID_GT, count_artists, find_artists
 from mnc_teach.viz.proposals import (
     GID_PROPOSAL,
     GID_RECALL,
@@ -15,10 +15,6 @@ from mnc_teach.viz.proposals import (
     draw_proposals,
     draw_recall_curve,
 )
-
-
-def artists(fig, gid):
-    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
 
 
 def xyxy(rect) -> tuple[float, ...]:
@@ -38,7 +34,7 @@ def test_draw_proposals_draws_the_best_boxes_best_on_top_and_the_ground_truth():
     assert count_artists(fig, GID_GT) == 1
     # drawn worst first so the best ends on top: scores 0.2, 0.5, 0.9 -> boxes 0, 2, 1;
     # box 3 (0.1) left out
-    drawn = [xyxy(r) for r in artists(fig, GID_PROPOSAL)]
+    drawn = [xyxy(r) for r in find_artists(fig, GID_PROPOSAL)]
     assert drawn == [tuple(BOXES[i].tolist()) for i in (0, 2, 1)]
     assert fig.axes[0].get_title() == "3 of 4 proposals"
 
@@ -47,15 +43,15 @@ def test_draw_proposals_without_scores_draws_all_in_given_order():
     boxes = BOXES[:2]
     fig = draw_proposals(torch.rand(3, 40, 40), boxes)
     assert count_artists(fig, GID_PROPOSAL) == 2 and count_artists(fig, GID_GT) == 0
-    assert [r.get_x() for r in artists(fig, GID_PROPOSAL)] == [0, 5]
+    assert [r.get_x() for r in find_artists(fig, GID_PROPOSAL)] == [0, 5]
     fig = draw_proposals(torch.rand(3, 40, 40), boxes, max_boxes=1)
-    assert [r.get_x() for r in artists(fig, GID_PROPOSAL)] == [0]
+    assert [r.get_x() for r in find_artists(fig, GID_PROPOSAL)] == [0]
 
 
 def test_draw_recall_curve_one_line_per_curve_with_the_given_points():
     xs = [1, 10, 100]
     fig = draw_recall_curve(xs, {"IoU 0.5": [0.2, 0.6, 0.9], "IoU 0.7": [0.1, 0.3, 0.5]})
-    lines = artists(fig, GID_RECALL)
+    lines = find_artists(fig, GID_RECALL)
     assert len(lines) == count_artists(fig, GID_RECALL) == 2
     np.testing.assert_array_equal(lines[1].get_xdata(), xs)
     np.testing.assert_array_equal(lines[1].get_ydata(), [0.1, 0.3, 0.5])
@@ -71,7 +67,7 @@ def test_draw_proposal_view_shows_both_panels_and_marks_the_top_k():
                              max_boxes=2)
     ax_image, ax_recall = fig.axes
     assert count_artists(fig, GID_PROPOSAL) == 2 and count_artists(fig, GID_GT) == 2
-    drawn = [xyxy(r) for r in artists(fig, GID_PROPOSAL)]
+    drawn = [xyxy(r) for r in find_artists(fig, GID_PROPOSAL)]
     assert drawn == [tuple(BOXES[i].tolist()) for i in (2, 1)]  # the best two, best on top
     assert ax_image.get_title() == "2 of 4 proposals (colour: objectness)"
     assert count_artists(fig, GID_RECALL) == 1 and ax_recall.get_title() == "recall"

@@ -21,6 +21,7 @@ import io
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
@@ -29,7 +30,7 @@ from torch import Tensor
 
 __all__ = [
     "GID_BOX", "GID_GT", "PNG_DPI",
-    "add_box", "as_numpy", "count_artists", "figure_png", "fit_view", "image_hwc",
+    "add_box", "as_numpy", "count_artists", "figure_png", "find_artists", "fit_view", "image_hwc",
     "instance_colors", "mask_overlay", "new_axes", "zoom_to_box",
 ]
 
@@ -38,15 +39,17 @@ GID_GT = "gt-box"  # one Rectangle per ground-truth box, drawn dashed gold
 PNG_DPI = 80  # resolution of the PNG bytes the widgets send to the page
 
 
+def find_artists(fig: Figure, gid: str) -> list[Artist]:
+    """The artists drawn in the axes of ``fig`` with this ``gid`` (a collection is one artist)."""
+    return [artist for ax in fig.axes for artist in ax.get_children() if artist.get_gid() == gid]
+
+
 def count_artists(fig: Figure, gid: str) -> int:
     """Number of objects with this ``gid`` drawn in ``fig`` (a collection counts its paths)."""
-    total = 0
-    for ax in fig.axes:
-        for artist in ax.get_children():
-            if artist.get_gid() != gid:
-                continue
-            total += len(artist.get_paths()) if isinstance(artist, PatchCollection) else 1
-    return total
+    return sum(
+        len(artist.get_paths()) if isinstance(artist, PatchCollection) else 1
+        for artist in find_artists(fig, gid)
+    )
 
 
 def instance_colors(n: int) -> np.ndarray:
