@@ -12,7 +12,7 @@ from torch import nn
 
 from mnc_teach.data.transforms import ResizeShortestSide
 from mnc_teach.data.voc import VOCInstanceSegmentation
-from mnc_teach.engine.inference import eval_mode, predict, predict_images
+from mnc_teach.engine.inference import eval_mode, model_device, predict, predict_images
 from mnc_teach.evaluation.coco import decode_mask
 
 
@@ -106,3 +106,12 @@ def test_predict_maps_masks_back_to_the_image_size(tiny_shapes: Path) -> None:
             assert torch.equal(torch.from_numpy(mask).bool(), expected)
             assert result["bbox"] == pytest.approx([16, 16, 32, 32])
     assert model.training  # predict restores the mode
+
+
+def test_model_device_is_where_the_parameters_are_unless_asked() -> None:
+    model = nn.Linear(2, 2)
+    assert model_device(model) == torch.device("cpu")
+    assert model_device(model, "cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA was asked for"):
+            model_device(model, "cuda")

@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from mnc_teach.evaluation.coco import detections_to_coco_results
 
-__all__ = ["cpu_threads", "eval_mode", "predict", "predict_images", "resolve_device"]
+__all__ = [
+    "cpu_threads", "eval_mode", "model_device", "predict", "predict_images", "resolve_device",
+]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -33,6 +35,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise RuntimeError("CUDA was asked for but torch.cuda.is_available() is False; "
                            "use device 'cpu'")
     return device
+
+
+def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """Where to run ``model``: ``device`` (checked by :func:`resolve_device`), by default where
+    its parameters are."""
+    return next(model.parameters()).device if device is None else resolve_device(device)
 
 
 @contextmanager
@@ -114,7 +122,7 @@ def predict(model: nn.Module, dataset: Dataset, *, device: str | torch.device | 
     boxes and masks are mapped back to the size of the image file, which is the size of the
     ground truth ``evaluate`` compares them with.
     """
-    device = next(model.parameters()).device if device is None else resolve_device(device)
+    device = model_device(model, device)
     results = []
     with eval_mode(model.to(device)):
         for index in tqdm(range(len(dataset)), desc="predict", unit="img", disable=not progress):
@@ -142,7 +150,7 @@ def predict_images(model: nn.Module, images: Sequence[Tensor],
     Returns:
         One detection dict per image, in the order of ``images``, tensors on the CPU.
     """
-    device = next(model.parameters()).device if device is None else torch.device(device)
+    device = model_device(model, device)
     by_size: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_size.setdefault(tuple(image.shape[-2:]), []).append(index)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from mnc_teach.boxes import box_iou
 from mnc_teach.cascade import batch_images
 from mnc_teach.engine.checkpoint import load_model
-from mnc_teach.engine.inference import eval_mode
+from mnc_teach.engine.inference import eval_mode, model_device
 from mnc_teach.matching import match_rois
 from mnc_teach.stage1_rpn import generate_proposals
 from mnc_teach.stage2_masks import mask_targets
@@ -40,10 +40,6 @@ __all__ = ["ProposalViewer", "StageExplorer"]
 RECALL_IOUS = (0.5, 0.7)
 # x values of the recall curve (those below the post-NMS top-k, then the top-k itself)
 RECALL_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 1000, 2000)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _slider(value: int, maximum: int, description: str) -> widgets.IntSlider:
@@ -133,7 +129,7 @@ class ProposalViewer(_ModelExplorer):
         if index not in self._rpn_results:
             image, target = self.dataset[index]
             with eval_mode(self.model):
-                batch, sizes = batch_images([image.to(_device(self.model))],
+                batch, sizes = batch_images([image.to(model_device(self.model))],
                                             self.model.backbone.stride)
                 out, _ = self.model.rpn(self.model.backbone(batch), sizes)
             self._rpn_results[index] = _RPNResult(
@@ -263,7 +259,7 @@ class StageExplorer(_ModelExplorer):
     def _run_model(self, index: int) -> _ImageRun:
         image, target = self.dataset[index]
         with eval_mode(self.model):
-            detections, _, inter = self.model([image.to(_device(self.model))],
+            detections, _, inter = self.model([image.to(model_device(self.model))],
                                               return_intermediates=True)
         s23, s45 = inter.stages_23, inter.stages_45
         rows = {
