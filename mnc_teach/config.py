@@ -21,6 +21,8 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ __all__ = [
     "MNCConfig",
     "PRESETS",
     "get_preset",
+    "check_config",
     "override",
     "shortened",
     "shapes_cpu",
@@ -180,6 +183,9 @@ class MNCConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        check_config(self)  # every way a config is made (presets, override, from_dict) checks it
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-friendly), as stored in checkpoints."""
         return dataclasses.asdict(self)
@@ -190,7 +196,12 @@ class MNCConfig:
         return _from_dict(cls, values)
 
 
-def _from_dict(cls, values: dict[str, Any]):
+def _from_dict(cls, values: dict[str, Any], prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config{' section ' + prefix.rstrip('.') if prefix else ''} is of type "
+            f"{type(values).__name__}; expected a dict of settings (MNCConfig.to_dict())"
+        )
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
@@ -198,11 +209,153 @@ def _from_dict(cls, values: dict[str, Any]):
         value = values[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            value = _from_dict(type(default), value)
+            value = _from_dict(type(default), value, f"{prefix}{f.name}.")
         elif isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- checks
+
+_NUMBER_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _type_problem(value: Any, annotation: str) -> str | None:
+    """Why ``value`` does not fit a field annotated ``annotation`` (e.g. ``"float | None"``,
+    ``"tuple[int, ...]"``), or None when it fits. An int fits a float; a bool fits only bool."""
+    options = [part.strip() for part in annotation.split(" | ")]
+    if value is None:
+        return None if "None" in options else "None"
+    for option in options:
+        if option.startswith("tuple["):
+            if not isinstance(value, tuple):
+                continue
+            items = [item.strip() for item in option[len("tuple["):-1].split(",")]
+            if items[-1] == "...":
+                item_types, ok_length = [items[0]] * len(value), True
+            else:
+                item_types, ok_length = items, len(items) == len(value)
+            pairs = zip(value, item_types, strict=True) if ok_length else ()
+            if ok_length and all(_type_problem(v, t) is None for v, t in pairs):
+                return None
+        elif option in _NUMBER_TYPES:
+            allowed = _NUMBER_TYPES[option]
+            if isinstance(value, allowed) and (option == "bool" or not isinstance(value, bool)):
+                return None
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _positive(x: Any) -> bool:
+    return x > 0 and math.isfinite(x)
+
+
+def _all_positive(values: tuple) -> bool:
+    return len(values) >= 1 and all(map(_positive, values))
+
+
+def _fraction(x: Any) -> bool:
+    return 0 <= x <= 1
+
+
+# (setting, test, what it must be) for values a type cannot express; read by check_config.
+_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("num_classes", lambda x: x >= 1, ">= 1"),
+    ("num_stages", lambda x: x in (3, 5), "3 or 5"),
+    ("box_grad_clip", lambda x: x is None or _positive(x), "None or > 0"),
+    ("backbone.name", lambda x: x in ("tiny", "vgg16", "resnet50"), "tiny, vgg16 or resnet50"),
+    ("backbone.tiny_channels", lambda x: len(x) == 3 and min(x) >= 1, "3 channel counts >= 1"),
+    ("backbone.frozen_layers", lambda x: x >= 0, ">= 0"),
+    ("rpn.anchor_base_size", lambda x: x >= 1, ">= 1"),
+    ("rpn.anchor_ratios", _all_positive, "one or more ratios > 0"),
+    ("rpn.anchor_scales", _all_positive, "one or more scales > 0"),
+    ("rpn.conv_channels", lambda x: x >= 1, ">= 1"),
+    ("rpn.positive_iou", _fraction, "in [0, 1]"),
+    ("rpn.negative_iou", _fraction, "in [0, 1]"),
+    ("rpn.batch_size", lambda x: x >= 1, ">= 1"),
+    ("rpn.positive_fraction", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("rpn.box_loss_beta", lambda x: x >= 0, ">= 0"),
+    ("rpn.nms_iou", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("rpn.pre_nms_top_n_train", lambda x: x >= 1, ">= 1"),
+    ("rpn.post_nms_top_n_train", lambda x: x >= 1, ">= 1"),
+    ("rpn.pre_nms_top_n_test", lambda x: x >= 1, ">= 1"),
+    ("rpn.post_nms_top_n_test", lambda x: x >= 1, ">= 1"),
+    ("rpn.min_size", lambda x: x >= 0, ">= 0"),
+    ("roi.batch_size", lambda x: x >= 1, ">= 1"),
+    ("roi.fg_fraction", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("roi.fg_iou", _fraction, "in [0, 1]"),
+    ("roi.bg_iou_low", _fraction, "in [0, 1]"),
+    ("roi.hard_bg_fraction", _fraction, "in [0, 1]"),
+    ("roi.output_size", lambda x: x >= 1, ">= 1"),
+    ("roi.warp_pool", lambda x: x >= 1, ">= 1"),
+    ("mask.mask_size", lambda x: x >= 1, ">= 1"),
+    ("mask.hidden_dim", lambda x: x >= 1, ">= 1"),
+    ("mask.loss_weight", lambda x: x >= 0, ">= 0"),
+    ("mask.target_threshold", _fraction, "in [0, 1]"),
+    ("classifier.fc_dim", lambda x: x >= 1, ">= 1"),
+    ("classifier.pathway_pool", lambda x: x >= 1, ">= 1"),
+    ("classifier.mask_iou_fg", _fraction, "in [0, 1]"),
+    ("classifier.box_weights", _all_positive, "4 weights > 0"),
+    ("classifier.box_loss_beta", lambda x: x >= 0, ">= 0"),
+    ("inference.num_stages", lambda x: x in (3, 5), "3 or 5"),
+    ("inference.nms_iou", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("inference.detections_per_image", lambda x: x >= 1, ">= 1"),
+    ("inference.vote_iou", _fraction, "in [0, 1]"),
+    ("inference.mask_threshold", _fraction, "in [0, 1]"),
+    ("data.dataset", lambda x: x in ("shapes", "voc", "sbd"), "shapes, voc or sbd"),
+    ("data.format", lambda x: x in ("voc", "sbd"), "voc or sbd"),
+    ("data.min_size", lambda x: x >= 1, ">= 1"),
+    ("data.max_size", lambda x: x >= 1, ">= 1"),
+    ("data.num_workers", lambda x: x >= 0, ">= 0"),
+    ("train.images_per_batch", lambda x: x >= 1, ">= 1"),
+    ("train.accumulate", lambda x: x >= 1, ">= 1"),
+    ("train.max_steps", lambda x: x >= 1, ">= 1 (optimiser steps in total)"),
+    ("train.optimizer", lambda x: x in ("sgd", "adamw"), "sgd or adamw"),
+    ("train.lr", _positive, "> 0"),
+    ("train.lr_steps", lambda x: min(x, default=0) >= 0, "steps >= 0"),
+    ("train.gamma", _positive, "> 0"),
+    ("train.warmup_steps", lambda x: x >= 0, ">= 0"),
+    ("train.warmup_factor", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("train.momentum", lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("train.weight_decay", lambda x: x >= 0, ">= 0"),
+    ("train.grad_clip_norm", lambda x: x is None or _positive(x), "None or > 0"),
+    ("train.cpu_threads", lambda x: x is None or x >= 1, "None or >= 1"),
+    ("train.checkpoint_every", lambda x: x >= 1, ">= 1"),
+    ("train.log_every", lambda x: x >= 1, ">= 1"),
+    ("train.val_every", lambda x: x >= 0, ">= 0 (0 = never)"),
+]
+
+
+def _settings(cfg: Any, prefix: str = ""):
+    """``(dotted name, value, annotation)`` of every leaf setting of ``cfg``."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _settings(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, str(f.type)
+
+
+def check_config(cfg: MNCConfig) -> None:
+    """Raise ``ValueError`` naming the first setting of the wrong type or out of range, e.g.
+    ``train.max_steps is -5; expected >= 1``. Runs whenever an :class:`MNCConfig` is made."""
+    values = {}
+    for name, value, annotation in _settings(cfg):
+        problem = _type_problem(value, annotation)
+        if problem is not None:
+            raise ValueError(f"setting {name} is {problem}; expected {annotation}")
+        values[name] = value
+    for name, test, expected in _RULES:
+        if not test(values[name]):
+            raise ValueError(f"setting {name} is {values[name]!r}; expected {expected}")
+    pairs = [("rpn.negative_iou", "rpn.positive_iou"), ("roi.bg_iou_low", "roi.fg_iou"),
+             ("data.min_size", "data.max_size")]
+    for low, high in pairs:
+        if values[low] > values[high]:
+            raise ValueError(
+                f"setting {low} ({values[low]}) is above {high} ({values[high]}); "
+                f"expected {low} <= {high}"
+            )
 
 
 def override(cfg: MNCConfig, dotted_name: str, value: Any) -> MNCConfig:

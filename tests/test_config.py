@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -85,3 +86,42 @@ def test_shapes_anchor_sides_are_as_commented():
     anchors = generate_base_anchors(rpn.anchor_base_size, square, rpn.anchor_scales)
     sides = (anchors[:, 2] - anchors[:, 0]).tolist()
     assert sides == [16.0, 32.0, 64.0]  # "sides 16, 32, 64 px" in config.py
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        ("train.max_steps", -5, "setting train.max_steps is -5; expected >= 1"),
+        ("train.lr", "fast", "setting train.lr is 'fast' (str); expected float"),
+        ("train.lr", float("nan"), "setting train.lr is nan; expected > 0"),
+        ("train.amp", 1, "setting train.amp is 1 (int); expected bool"),
+        ("rpn.anchor_scales", (), "setting rpn.anchor_scales is (); expected one or more"),
+        ("rpn.anchor_scales", (8, "x"), "setting rpn.anchor_scales is (8, 'x') (tuple)"),
+        ("classifier.box_weights", (1.0, 1.0), "expected tuple[float, float, float, float]"),
+        ("rpn.negative_iou", 0.8, "rpn.negative_iou (0.8) is above rpn.positive_iou (0.7)"),
+        ("data.dataset", "coco", "setting data.dataset is 'coco'; expected shapes, voc or sbd"),
+        ("num_stages", 4, "setting num_stages is 4; expected 3 or 5"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_or_range_is_refused_by_name(dotted, value, message):
+    with pytest.raises(ValueError) as error:
+        override(shapes_cpu(), dotted, value)
+    assert message in str(error.value)
+
+
+def test_int_fits_a_float_setting_and_none_an_optional_one():
+    cfg = override(override(shapes_cpu(), "train.lr", 1), "train.grad_clip_norm", None)
+    assert cfg.train.lr == 1 and cfg.train.grad_clip_norm is None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ("shapes-cpu", "config is of type str; expected a dict of settings"),
+        ({"train": [1, 2]}, "config section train is of type list"),
+        ({"train": {"seed": "3"}}, "setting train.seed is '3' (str); expected int"),
+    ],
+)
+def test_from_dict_refuses_a_malformed_config(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MNCConfig.from_dict(values)
