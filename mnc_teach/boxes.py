@@ -27,6 +27,7 @@ __all__ = [
     "nms",
     "batched_nms",
     "nms_reference",
+    "require_finite",
 ]
 
 # Box-delta weights of stage 1 (the RPN): raw deltas, no normalisation
@@ -261,6 +262,23 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     return torch.nonzero((widths >= min_size) & (heights >= min_size)).flatten()
 
 
+def require_finite(boxes: Tensor, *, where: str) -> Tensor:
+    """``boxes``, after checking that every coordinate is finite: a compiled op (``nms``,
+    ``roi_align``) given NaN boxes may crash the process without a message.
+
+    Raises:
+        FloatingPointError: naming ``where``; NaN boxes come from non-finite weights or inputs.
+    """
+    finite = torch.isfinite(boxes).all(dim=-1) if boxes.ndim > 1 else torch.isfinite(boxes)
+    if not finite.all():
+        raise FloatingPointError(
+            f"{where}: {int((~finite).sum())} of {len(finite)} boxes are not finite (NaN or inf), "
+            "so the model's weights or its input are not finite; check the input, or retrain "
+            "from the last good checkpoint with a lower train.lr"
+        )
+    return boxes
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Non-maximum suppression (``torchvision.ops.nms``, compiled and fast).
 
@@ -276,7 +294,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         keep (Tensor[num_kept], int64): indices of the kept boxes, by decreasing score.
     """
-    return torchvision.ops.nms(boxes, scores, iou_threshold)
+    return torchvision.ops.nms(require_finite(boxes, where="nms"), scores, iou_threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_threshold: float) -> Tensor:
@@ -295,6 +313,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_threshold:
     Returns:
         keep (Tensor[num_kept], int64): indices of the kept boxes, by decreasing score.
     """
+    boxes = require_finite(boxes, where="batched_nms")
     return torchvision.ops.batched_nms(boxes, scores, labels, iou_threshold)
 
 

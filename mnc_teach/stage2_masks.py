@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from mnc_teach.boxes import require_finite
 from mnc_teach.config import MaskHeadConfig
 
 __all__ = ["MaskHead", "mask_targets", "mask_loss"]
@@ -85,7 +86,7 @@ def mask_targets(
     # roi_align repeats the edge pixel up to 1 px outside the image: a 1-px zero border makes
     # the outside 0
     padded = F.pad(gt_masks[:, None].float(), (1, 1, 1, 1))  # (G, 1, H+2, W+2)
-    shifted = boxes.detach() + 1  # (R, 4) in the padded frame
+    shifted = require_finite(boxes.detach(), where="mask targets") + 1  # (R, 4), padded frame
     # (R, 5): the instance index as the "batch" index
     rois = torch.cat([matched_gt[:, None].to(boxes.dtype), shifted], dim=1)
     resized = roi_align(

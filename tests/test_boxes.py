@@ -23,6 +23,7 @@ from mnc_teach.boxes import (
     nms,
     nms_reference,
     remove_small_boxes,
+    require_finite,
 )
 from mnc_teach.config import ClassifierConfig
 
@@ -293,3 +294,12 @@ def test_batched_nms_is_nms_per_label():
     expected = expected[scores[expected].argsort(descending=True)]  # merge by decreasing score
     assert torch.equal(keep, expected)
     assert keep.numel() > nms(boxes, scores, 0.5).numel()  # labels protect boxes from each other
+
+
+def test_require_finite_passes_finite_boxes_and_names_non_finite_ones():
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 2.0, 2.0]])
+    assert require_finite(boxes, where="here") is boxes
+    assert require_finite(boxes[:0], where="here").shape == (0, 4)
+    boxes[1, 3] = float("inf")
+    with pytest.raises(FloatingPointError, match="here: 1 of 2 boxes are not finite"):
+        require_finite(boxes, where="here")

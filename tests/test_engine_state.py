@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from fakes import DATASETS, fake_model, small_config
 
@@ -102,3 +103,35 @@ def test_progress_printer_prints_every_log_every_steps(
     assert not math.isnan(float(step_lines[0].split()[3]))
     assert any(line.startswith("step 3: val loss") for line in lines)
     assert lines[-1].startswith("finished at step 4")
+
+
+def _history(totals: list[float]) -> TrainHistory:
+    return TrainHistory(steps=[{"step": s + 1, "total": t} for s, t in enumerate(totals)])
+
+
+def test_divergence_is_a_loss_100_times_its_early_level() -> None:
+    assert TrainHistory().divergence() is None
+    falling = [7.0, 6.0, *np.linspace(5.0, 0.01, 30)]  # a healthy run: down by 700 times
+    assert _history(falling).divergence() is None
+    assert _history([7.0, 6.0, 5.0, 499.0]).divergence() is None  # 99.8 x the early 5.0
+    message = _history([7.0, 6.0, 5.0, 500.0]).divergence()
+    assert message == (
+        "the loss diverged: 500 at step 4, 100 times its early level 5; "
+        "lower train.lr or set train.grad_clip_norm"
+    )
+    # the early level is the first 10 steps' lowest: a late low does not move it
+    assert _history([*[5.0] * 10, 0.001, 400.0]).divergence() is None
+    assert "at step 3" in _history([1.0, 2.0, float("inf")]).divergence()
+
+
+def test_progress_printer_warns_once_when_the_loss_diverges(capsys) -> None:
+    printer = ProgressPrinter(log_every=100, bar=False)
+    state = SimpleNamespace(step=0, max_steps=10, history=_history([]), losses={"total": 1.0},
+                            cfg=small_config())
+    for total in (5.0, 4.0, 900.0, 1000.0):
+        state.step += 1
+        state.history.steps.append({"step": state.step, "total": total})
+        printer.on_step_end(state)
+    printed = capsys.readouterr().out
+    assert printed.count("warning: step 3: the loss diverged: 900 at step 3") == 1
+    assert printed.count("warning") == 1

@@ -183,3 +183,16 @@ def test_interrupting_join_stops_the_background_run_with_a_checkpoint(
     history = run.join()
     assert run.done and 3 <= len(history.steps) < 5000
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == history.steps[-1]["step"]
+
+
+def test_the_status_line_says_when_the_loss_diverges(tmp_path: Path) -> None:
+    dashboard = TrainingDashboard(refresh_every=1, frontend=True)
+    state = fake_state(tmp_path)
+    dashboard.on_train_start(state)
+    feed_steps(dashboard, state, 3)
+    assert "diverged" not in dashboard.status.value
+    state.step, state.losses["total"] = 4, 1e6
+    state.history.steps.append({"step": 4, **state.losses, "lr": 0.01, "images_per_s": 8.0})
+    dashboard.on_step_end(state)
+    assert "the loss diverged: 1e+06 at step 4" in dashboard.status.value
+    assert "lower train.lr" in dashboard.status.value

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mnc_teach.cascade import build_mnc
-from mnc_teach.config import MNCConfig, TrainConfig
+from mnc_teach.config import MNCConfig, TrainConfig, check_config
 from mnc_teach.data.transforms import collate
 from mnc_teach.engine.batches import build_datasets, epoch_loader, to_device
 from mnc_teach.engine.checkpoint import (
@@ -46,6 +46,7 @@ from mnc_teach.engine.checkpoint import (
 from mnc_teach.engine.inference import cpu_threads, eval_mode, resolve_device
 from mnc_teach.engine.state import (
     CHECKPOINT_NAME,
+    HISTORY_NAME,
     ProgressPrinter,
     TrainHistory,
     TrainState,
@@ -94,7 +95,12 @@ def train_one_step(
     state: TrainState, micro_batches: list[tuple[list[Tensor], list[dict]]]
 ) -> dict[str, float]:
     """One optimiser step over ``accumulate`` micro-batches; returns each loss term (mean over the
-    micro-batches) and ``total``."""
+    micro-batches) and ``total``.
+
+    Raises:
+        FloatingPointError: a loss term, the gradient norm or (after the update) a parameter is
+            not finite; named with the step. The weights are then not saved (the caller stops).
+    """
     cfg, model, device = state.cfg.train, state.model, state.device
     amp = cfg.amp and device.type == "cuda"
     state.optimizer.zero_grad(set_to_none=True)
@@ -108,13 +114,40 @@ def train_one_step(
                 raise FloatingPointError(f"step {state.step + 1}: {name} is {value.item()}")
             sums[name] = sums.get(name, 0.0) + value.item() / len(micro_batches)
         state.scaler.scale(sum(losses.values()) / len(micro_batches)).backward()
+    params = [p for group in state.optimizer.param_groups for p in group["params"]]
+    state.scaler.unscale_(state.optimizer)  # the true gradients, not the AMP-scaled ones
+    grad_norm = _norm([p.grad for p in params if p.grad is not None])
+    # an fp16 scaler skips a step with inf gradients (and lowers its scale): that is expected
+    if not torch.isfinite(grad_norm) and not state.scaler.is_enabled():
+        raise FloatingPointError(f"step {state.step + 1}: the gradient norm is {grad_norm.item()}")
     if cfg.grad_clip_norm is not None:
-        state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the AMP-scaled ones
-        params = [p for group in state.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    _check_parameters(model, step=state.step + 1)
     return {**sums, "total": sum(sums.values())}
+
+
+def _norm(tensors: list[Tensor]) -> Tensor:
+    """The global 2-norm of ``tensors`` (as one vector); inf or nan when any value is."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def _check_parameters(model: nn.Module, *, step: int) -> None:
+    """Raise ``FloatingPointError`` naming the first non-finite trainable parameter (one
+    device sync for the whole model)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if not finite.all():
+        bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+        raise FloatingPointError(
+            f"step {step}: the update made {len(bad)} parameter tensors non-finite "
+            f"(first: {bad[0]})"
+        )
 
 
 def train_one_epoch(
@@ -229,21 +262,19 @@ def train(
         device: default CUDA when available. AMP (``cfg.train.amp``) is used on CUDA only.
         model: a model with MNC's interface instead of ``build_mnc(cfg)``.
         datasets: ``(train, val or None)`` instead of :func:`build_datasets`.
-        overwrite: start afresh although ``out_dir`` holds a checkpoint (it is replaced).
+        overwrite: start afresh although ``out_dir`` holds a run's checkpoint or history
+            (they are replaced).
 
     Returns:
         The run's :class:`TrainHistory` (of the whole run, including the steps before a resume).
 
     Raises:
-        FloatingPointError: a loss term became nan/inf (named with the step); the last
-            checkpoint is kept.
+        FloatingPointError: a loss term, the gradient norm or a parameter became nan/inf (named
+            with the step); the last checkpoint written stays the last one, with finite weights.
     """
     out_dir, t = Path(out_dir).expanduser(), cfg.train
-    _check_run_folder(out_dir / CHECKPOINT_NAME, resume=resume, overwrite=overwrite)
-    if min(t.images_per_batch, t.accumulate, t.checkpoint_every, t.log_every) < 1:
-        raise ValueError(
-            "train.images_per_batch, accumulate, checkpoint_every and log_every must be >= 1"
-        )
+    _check_run_folder(out_dir, resume=resume, overwrite=overwrite)
+    check_config(cfg)  # again: a config's fields may have been changed in place since
     device = resolve_device(device)
     # the datasets first: a data error comes before a download of pretrained weights
     train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
@@ -263,16 +294,21 @@ def train(
     return state.history
 
 
-def _check_run_folder(checkpoint_path: Path, *, resume: bool, overwrite: bool) -> None:
-    """A resumed run needs its checkpoint; a new one must not replace one unless told to."""
+def _check_run_folder(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """A resumed run needs its checkpoint; a new one must not replace a run's files (its
+    checkpoint, or a history.json: perhaps a user's) unless told to."""
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the run folder {out_dir} is a file; choose a folder for --out")
     if resume and not checkpoint_path.is_file():
         raise FileNotFoundError(
             f"cannot resume: {checkpoint_path} does not exist; train without resume first"
         )
-    if not resume and checkpoint_path.exists() and not overwrite:
+    existing = [p for p in (checkpoint_path, out_dir / HISTORY_NAME) if p.exists()]
+    if not resume and existing and not overwrite:
         raise FileExistsError(
-            f"{checkpoint_path} exists; resume it (--resume), choose another --out, "
-            "or pass overwrite=True"
+            f"{existing[0]} exists; resume that run (--resume), choose another --out, "
+            "or replace it (--overwrite, or overwrite=True)"
         )
 
 

@@ -28,8 +28,8 @@ from mnc_teach.fileio import write_text_atomically
 from mnc_teach.structures import LOSS_PREFIX, loss_terms
 
 __all__ = [
-    "CHECKPOINT_NAME", "HISTORY_NAME", "RENAMED_LOSS_TERMS", "Callback", "ProgressPrinter",
-    "TrainHistory", "TrainState", "call_callbacks", "format_seconds",
+    "CHECKPOINT_NAME", "DIVERGENCE_FACTOR", "HISTORY_NAME", "RENAMED_LOSS_TERMS", "Callback",
+    "ProgressPrinter", "TrainHistory", "TrainState", "call_callbacks", "format_seconds",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -44,6 +44,12 @@ RENAMED_LOSS_TERMS = {
     "loss_cls_s5": "loss_cls_mask_s5",
     "loss_box_s5": "loss_box_reg_s5",
 }
+
+
+# A run diverges when its total loss grows this many times above its early level (the lowest
+# total of its first EARLY_STEPS steps); a healthy run's loss falls from there.
+DIVERGENCE_FACTOR = 100.0
+EARLY_STEPS = 10
 
 
 def _current_names(entry: dict[str, float]) -> dict[str, float]:
@@ -74,6 +80,22 @@ class TrainHistory:
         return cls(
             steps=[_current_names(entry) for entry in values.get("steps", [])],
             val=[_current_names(entry) for entry in values.get("val", [])],
+        )
+
+    def divergence(self) -> str | None:
+        """Why the run looks diverged (its last total loss is :data:`DIVERGENCE_FACTOR` times
+        its early level or more, or not finite), or None."""
+        if not self.steps:
+            return None
+        early = min(entry["total"] for entry in self.steps[:EARLY_STEPS])
+        last = self.steps[-1]
+        if np.isfinite(last["total"]) and (early <= 0 or last["total"] < DIVERGENCE_FACTOR * early):
+            return None
+        ratio = last["total"] / early if early > 0 else float("inf")
+        times = f"{ratio:.0f}" if ratio < 1e5 else f"{ratio:.1e}"
+        return (
+            f"the loss diverged: {last['total']:.3g} at step {last['step']}, {times} times its "
+            f"early level {early:.3g}; lower train.lr or set train.grad_clip_norm"
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -156,6 +178,7 @@ class ProgressPrinter:
 
     def __init__(self, log_every: int | None = None, bar: bool = True) -> None:
         self.log_every, self.bar, self._tqdm = log_every, bar, None
+        self._warned = False  # the divergence warning is printed once
 
     def _print(self, line: str) -> None:
         (self._tqdm.write if self._tqdm is not None else print)(line)
@@ -177,6 +200,10 @@ class ProgressPrinter:
                 f"({_terms_text(state.losses)})  lr {state.lr:.2e}  "
                 f"{state.images_per_s:.1f} img/s  eta {format_seconds(state.eta_s)}"
             )
+        diverged = state.history.divergence()
+        if diverged and not self._warned:
+            self._print(f"warning: step {state.step}: {diverged}")
+        self._warned = self._warned or bool(diverged)
 
     def on_validation(self, state: TrainState) -> None:
         losses = state.val_losses
@@ -186,4 +213,8 @@ class ProgressPrinter:
         if self._tqdm is not None:
             self._tqdm.close()
         how = "stopped" if state.step < state.max_steps else "finished"
-        self._print(f"{how} at step {state.step}; checkpoint {state.checkpoint_path}")
+        diverged = state.history.divergence()
+        self._print(
+            f"{how} at step {state.step}; checkpoint {state.checkpoint_path}"
+            + (f"; {diverged}" if diverged else "")
+        )

@@ -24,6 +24,7 @@ by :mod:`mnc_teach.widgets.run_viewer`.
 
 from __future__ import annotations
 
+import html
 import os
 import sys
 import threading
@@ -169,6 +170,9 @@ class TrainingDashboard:
         if state.device.type == "cuda":
             gib = torch.cuda.max_memory_allocated(state.device) / 2**30
             parts.append(f"GPU memory {gib:.2f} GiB")
+        diverged = state.history.divergence()
+        if diverged:
+            parts.append(f"<b style='color:#b00'>{html.escape(diverged)}</b>")
         return " &middot; ".join(parts)
 
     def refresh(self, state: TrainState | None = None, phase: str | None = None) -> None:

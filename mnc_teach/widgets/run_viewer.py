@@ -226,6 +226,9 @@ class RunViewer:
                  f"step {self.steps_done}/{self.max_steps or '?'}"]
         if steps:
             parts.append(f"loss {steps[-1]['total']:.4f}")
+        diverged = self.history.divergence()
+        if diverged:
+            parts.append(f"<b style='color:#b00'>{diverged}</b>" if html else diverged)
         parts.append(f"val loss {val[-1]['total']:.4f} (step {val[-1]['step']})" if val
                      else "no validation losses")
         parts.append("no checkpoint yet" if self.checkpoint_step is None
