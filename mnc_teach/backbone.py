@@ -126,7 +126,20 @@ def load_imagenet_state(
                 f"{name} state_dict, or weights_path=None to download (or start from random "
                 "weights)"
             )
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types (RuntimeError, struct.error, ...)
+            raise ValueError(
+                f"cannot read backbone weights file {path} ({type(error).__name__}); it is "
+                f"corrupt or not a state_dict saved with torch.save: get torchvision's {name} "
+                "weights again, or set backbone.weights_path=None"
+            ) from error
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"backbone weights file {path} holds a {type(state).__name__}, not a state_dict "
+                f"of torchvision's {name}; set backbone.weights_path to such a file"
+            )
+        return state
     if not pretrained:
         return None
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
@@ -175,7 +188,13 @@ def build_backbone(
             weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d
         )
     if state is not None:
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as error:  # missing, unexpected or differently shaped tensors
+            raise ValueError(
+                f"the backbone weights ({weights_path or 'torchvision'}) do not fit torchvision's "
+                f"{name}: {' '.join(str(error).split())[:200]}; give {name} ImageNet weights"
+            ) from None
     if name == "vgg16":
         body = net.features[:VGG16_CONV5_3]  # conv1_1 .. relu5_3; pool5 dropped: stride 16
         for layer in body:

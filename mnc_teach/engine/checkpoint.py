@@ -31,7 +31,9 @@ from mnc_teach.engine.state import HISTORY_NAME, TrainHistory, TrainState
 from mnc_teach.fileio import write_atomically
 
 __all__ = [
+    "MODEL_KEYS",
     "RESUMABLE_CHANGES",
+    "RESUME_KEYS",
     "changed_settings",
     "load_checkpoint",
     "load_model",
@@ -123,19 +125,75 @@ def save_history(state: TrainState) -> Path:
     return path
 
 
+# What load_model needs of a checkpoint; resuming needs every key save_checkpoint writes.
+MODEL_KEYS = ("step", "config", "model")
+RESUME_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "scaler", "rng", "history")
+_TRAIN_ONE = "train one with `python -m mnc_teach train`"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and plain values only)."""
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and plain values only)
+    and check it: a dict with a step, a valid config and all-finite model weights.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming ``path``: unreadable, not an mnc_teach checkpoint (e.g. a bare
+            ``state_dict``), an invalid config, or non-finite weights (a diverged run's).
+    """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder; give the checkpoint file, e.g. {path / 'checkpoint.pt'}"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint {path}; train one with `python -m mnc_teach train --out {path.parent}`"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, ...)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise ValueError(
-            f"cannot read checkpoint {path} ({error}); it is corrupt or not an mnc_teach checkpoint"
+            f"cannot read checkpoint {path} ({first_line}); "
+            "it is corrupt or not an mnc_teach checkpoint"
         ) from error
+    _check_checkpoint(checkpoint, path)
+    return checkpoint
+
+
+def _check_checkpoint(checkpoint: Any, path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless ``checkpoint`` is what :func:`save_checkpoint`
+    writes (the model part of it: :data:`MODEL_KEYS`)."""
+    if isinstance(checkpoint, dict) and checkpoint and all(
+        isinstance(value, torch.Tensor) for value in checkpoint.values()
+    ):
+        raise ValueError(
+            f"{path} holds only model weights (a state_dict of {len(checkpoint)} tensors), not an "
+            "mnc_teach checkpoint with the config that builds its model; load it with "
+            "build_mnc(cfg).load_state_dict(torch.load(path)), or " + _TRAIN_ONE
+        )
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in MODEL_KEYS):
+        what = (
+            f"a dict without {', '.join(k for k in MODEL_KEYS if k not in checkpoint)}"
+            if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        )
+        raise ValueError(f"{path} holds {what}, not an mnc_teach checkpoint; {_TRAIN_ONE}")
+    if not isinstance(checkpoint["step"], int) or not isinstance(checkpoint["model"], dict):
+        raise ValueError(f"{path} has a malformed step or model entry; {_TRAIN_ONE}")
+    try:
+        MNCConfig.from_dict(checkpoint["config"])
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path} holds an invalid config: {error}; {_TRAIN_ONE}") from None
+    bad = [
+        name for name, tensor in checkpoint["model"].items()
+        if not isinstance(tensor, torch.Tensor)
+        or (tensor.is_floating_point() and not torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{path} holds {len(bad)} model tensors that are not finite tensors (first: {bad[0]}), "
+            "as a diverged run would; retrain from an earlier checkpoint with a lower train.lr"
+        )
 
 
 def changed_settings(new: dict, old: dict, prefix: str = "") -> list[str]:
@@ -157,6 +215,12 @@ def restore_checkpoint(state: TrainState, checkpoint: dict[str, Any]) -> None:
         ValueError: the checkpoint's config differs from ``state.cfg`` in a setting that is not
             one of :data:`RESUMABLE_CHANGES`.
     """
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"{state.checkpoint_path} lacks {', '.join(missing)}: it holds a model but not a run "
+            "to resume; predict with it, or train into a new folder"
+        )
     changed = [
         k
         for k in changed_settings(state.cfg.to_dict(), checkpoint["config"])
@@ -182,16 +246,25 @@ def load_model(
     checkpoint_path: str | os.PathLike, device: str | torch.device | None = None
 ) -> tuple[nn.Module, MNCConfig]:
     """The trained model (in eval mode, on ``device``) and its config, from a checkpoint."""
-    return model_from_checkpoint(load_checkpoint(checkpoint_path), device)
+    return model_from_checkpoint(
+        load_checkpoint(checkpoint_path), device, source=str(checkpoint_path)
+    )
 
 
 def model_from_checkpoint(
-    checkpoint: dict, device: str | torch.device | None = None
+    checkpoint: dict, device: str | torch.device | None = None, *, source: str = "the checkpoint"
 ) -> tuple[nn.Module, MNCConfig]:
     """:func:`load_model` for a checkpoint already read (``load_checkpoint``), e.g. to read its
-    step too."""
+    step too. ``source`` names it in errors."""
     cfg = MNCConfig.from_dict(checkpoint["config"])
     # no pretrained download: the weights come from the checkpoint
     model = build_mnc(override(cfg, "backbone.pretrained", False))
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # missing, unexpected or differently shaped tensors
+        detail = " ".join(str(error).split())
+        raise ValueError(
+            f"the weights in {source} do not fit the model its config builds "
+            f"({detail[:300]}); was it written by another version of mnc_teach?"
+        ) from None
     return model.to(resolve_device(device)).eval(), cfg
