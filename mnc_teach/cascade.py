@@ -48,7 +48,7 @@ from mnc_teach.stage3_classify import (
     classifier_losses,
     mask_level_labels,
 )
-from mnc_teach.structures import Target, check_targets
+from mnc_teach.structures import Target, check_images, check_targets
 
 __all__ = [
     "MNC",
@@ -279,6 +279,8 @@ class MNC(nn.Module):
             check_targets(images, targets, self.num_classes)
         elif self.training:
             raise ValueError("MNC in train mode needs targets; call model.eval() for inference")
+        else:
+            check_images(images)
         batch, image_sizes = batch_images(images, self.backbone.stride)
         features = self.backbone(batch)  # (N, 3, H, W) -> (N, C, h, w)
         generator = None

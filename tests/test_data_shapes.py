@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -173,3 +174,31 @@ def test_bad_arguments(tmp_path):
         generate_shapes(tmp_path, image_size=8, progress=False)
     with pytest.raises(ValueError, match="at least one image"):
         generate_shapes(tmp_path, num_train=0, num_val=0, progress=False)
+
+
+def test_root_that_is_a_file_is_refused_with_a_clear_message(tmp_path):
+    a_file = tmp_path / "shapes.zip"
+    a_file.write_bytes(b"not a folder")
+    with pytest.raises(ValueError, match=re.escape(f"shapes root {a_file} is a file")) as error:
+        generate_shapes(a_file, **SMALL)
+    assert "choose a folder, e.g. data/shapes" in str(error.value)
+    with pytest.raises(ValueError, match=re.escape(f"{a_file} is a file, so the shapes dataset")):
+        generate_shapes(a_file / "inside", **SMALL)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "VOCdevkit").write_text("a file where the folder goes")
+    with pytest.raises(ValueError, match="VOCdevkit is a file") as error:
+        generate_shapes(tmp_path / "root", **SMALL)
+    assert "choose another root folder, e.g. data/shapes" in str(error.value)
+    assert a_file.read_bytes() == b"not a folder"
+
+
+def test_unrelated_files_in_root_are_left_alone(tmp_path):
+    """Generating into a folder that already holds other things touches only VOCdevkit/VOC2012."""
+    theirs = {"notes.txt": b"mine", "VOCdevkit/VOC2007/readme": b"another dataset"}
+    for relative, data in theirs.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(data)
+    generate_shapes(tmp_path, **SMALL)
+    for relative, data in theirs.items():
+        assert (tmp_path / relative).read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "VOCdevkit").iterdir()) == ["VOC2007", "VOC2012"]

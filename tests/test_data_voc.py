@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from functools import partial
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from scipy.io import loadmat, savemat
 from voc_fixtures import build_sbd, build_voc, write_sbd_mats
 
 from mnc_teach.boxes import masks_to_boxes
@@ -330,3 +332,53 @@ def test_class_names_file_and_argument(tmp_path):
         few.load_target(0)
     with pytest.raises(ValueError, match="background"):
         VOCInstanceSegmentation(voc.root, split="train", class_names=("person", "dog"))
+
+
+@pytest.mark.parametrize(
+    ("folder", "struct", "fields", "missing"),
+    [
+        ("inst", "GTinst", ("Categories", "Boundaries"), "Segmentation"),
+        ("inst", "GTinst", ("Segmentation", "Boundaries"), "Categories"),
+        ("cls", "GTcls", ("Boundaries", "CategoriesPresent"), "Segmentation"),
+    ],
+)
+def test_sbd_mat_without_a_required_field_names_the_file_and_field(
+    tmp_path, folder: str, struct: str, fields: tuple[str, ...], missing: str
+):
+    sbd = build_sbd(tmp_path)
+    path = sbd.data_dir / folder / "2008_000001.mat"
+    full = loadmat(path)[struct][0, 0]
+    savemat(path, {struct: {field: full[field] for field in fields}})
+    dataset = VOCInstanceSegmentation(sbd.root, split="train", format="sbd")
+    with pytest.raises(ValueError, match=f"{folder}.2008_000001.mat: the struct {struct}") as error:
+        dataset.load_target(0)
+    message = str(error.value)
+    assert f"has no field {missing}" in message and "\n" not in message
+    root = sbd.root.parent  # the folder that holds benchmark_RELEASE
+    assert f"delete {root / '.sbd.complete'}" in message
+    assert f"`python -m mnc_teach download sbd --root {root}`" in message
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\n"], ids=["empty", "blank lines"])
+def test_split_file_without_ids_names_the_file(tmp_path, content: str):
+    voc, sbd = build_voc(tmp_path), build_sbd(tmp_path)
+    voc_split = voc.data_dir / "ImageSets" / "Segmentation" / "val.txt"
+    voc_split.write_text(content)
+    no_ids = re.escape(f"split file {voc_split} lists no image ids")
+    with pytest.raises(ValueError, match=no_ids) as error:
+        VOCInstanceSegmentation(voc.root, split="val")
+    assert f"delete {voc.root / '.voc2012.complete'} if present" in str(error.value)
+    assert f"`python -m mnc_teach download voc2012 --root {voc.root}`" in str(error.value)
+    (sbd.data_dir / "train.txt").write_text(content)
+    with pytest.raises(ValueError, match="train.txt lists no image ids") as error:
+        VOCInstanceSegmentation(sbd.root, split="train", format="sbd")
+    assert f"`python -m mnc_teach download sbd --root {sbd.root.parent}`" in str(error.value)
+
+
+def test_empty_split_of_a_shapes_dataset_says_how_to_regenerate(tmp_path):
+    voc = build_voc(tmp_path)
+    (voc.data_dir / "generation.json").write_text("{}")  # marks a shapes dataset
+    (voc.data_dir / "ImageSets" / "Segmentation" / "train.txt").write_text("")
+    with pytest.raises(ValueError, match="train.txt lists no image ids") as error:
+        VOCInstanceSegmentation(voc.root, split="train")
+    assert f"`python -m mnc_teach shapes --root {voc.root} --train 1000" in str(error.value)

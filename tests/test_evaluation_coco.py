@@ -147,6 +147,14 @@ def test_check_results_names_the_first_bad_prediction_by_its_index():
         check_results([GOOD, GOOD | {"category_id": 7}], image_ids={"a"}, num_classes=3)
 
 
+def test_image_sizes_check_each_masks_size():
+    size = tuple(GOOD["segmentation"]["size"])
+    check_result(GOOD, "entry 0", image_sizes={"a": size, "b": (5, 7)})
+    with pytest.raises(ValueError, match=r"^entry 0: the mask is \[\d+, \d+\] \(H, W\) but image "
+                       r"'a' is \[5, 7\]; encode masks at the original image size"):
+        check_result(GOOD, "entry 0", image_sizes={"a": (5, 7)})
+
+
 def test_index_images_needs_unique_ids_and_labels_in_range():
     square = rect(0, 4, 0, 4)
     assert index_images([target("a", [square], [1]), target("b", [], [])], 3) == {"a": 0, "b": 1}

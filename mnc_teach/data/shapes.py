@@ -249,7 +249,7 @@ def generate_shapes(
 
     Raises:
         ValueError: the folder holds a shapes dataset with other parameters and ``overwrite``
-            is False.
+            is False, or ``root`` (or a folder on the way to ``VOCdevkit/VOC2012``) is a file.
         FileExistsError: the folder exists but was not written by this function (e.g. real VOC).
     """
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
@@ -259,6 +259,7 @@ def generate_shapes(
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     voc_dir = Path(root).expanduser() / "VOCdevkit" / "VOC2012"
+    _check_not_a_file(root, voc_dir)
     params = {
         "generator": __name__, "version": GENERATOR_VERSION, "seed": int(seed),
         "num_train": int(num_train), "num_val": int(num_val), "image_size": int(image_size),
@@ -292,6 +293,20 @@ def generate_shapes(
     os.replace(tmp_dir, voc_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
     return fingerprint
+
+
+def _check_not_a_file(root: str | os.PathLike, voc_dir: Path) -> None:
+    """``ValueError`` when the nearest existing folder on the way to ``voc_dir`` is a file
+    (``mkdir`` would fail with a bare ``NotADirectoryError`` / ``FileExistsError``)."""
+    existing = next(path for path in (voc_dir, *voc_dir.parents) if path.exists())
+    if existing.is_dir():
+        return
+    if existing == Path(root).expanduser():
+        raise ValueError(f"shapes root {existing} is a file; choose a folder, e.g. data/shapes")
+    raise ValueError(
+        f"{existing} is a file, so the shapes dataset cannot go to {voc_dir}; move that file "
+        "or choose another root folder, e.g. data/shapes"
+    )
 
 
 def _existing_dataset(voc_dir: Path, params: dict, *, overwrite: bool) -> str | None:

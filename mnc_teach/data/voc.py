@@ -51,6 +51,7 @@ FORMATS = ("voc", "sbd")
 MNC_SPLITS = ("mnc_train", "mnc_val")  # MNC's re-split of SBD (MNC_SPEC §7)
 CLASS_NAMES_FILE = "class_names.txt"  # optional; written by the synthetic shapes dataset
 NOT_SPLIT_FILES = (CLASS_NAMES_FILE, "fingerprint.txt")  # .txt files that are not id lists
+SHAPES_MARKER = "generation.json"  # in a shapes dataset's VOC2012 folder (shapes.GENERATION_FILE)
 _GET_VOC = "python -m mnc_teach download voc2012 --root {root}"
 _GET_SHAPES = "python -m mnc_teach shapes --root {root}"
 _GET_SBD = "python -m mnc_teach download sbd --root {root}"
@@ -145,16 +146,30 @@ def _read_label_png(path: Path) -> np.ndarray:
         ) from err
 
 
-def _read_mat_struct(path: Path, name: str) -> dict[str, np.ndarray]:
+def _refetch(data_dir: Path, dataset: str) -> str:
+    """How to extract ``dataset`` ("voc2012" or "sbd") again, for its folder ``data_dir``
+    (``VOC2012`` or SBD's ``dataset``). ``download`` skips a dataset whose completion stamp
+    exists, so the stamp goes first."""
+    parent = {"voc2012": "VOCdevkit", "sbd": "benchmark_RELEASE"}[dataset]
+    root = data_dir.parent.parent if data_dir.parent.name == parent else data_dir.parent
+    return (
+        f"delete {root / f'.{dataset}.complete'} if present, then run "
+        f"`python -m mnc_teach download {dataset} --root {root}`"
+    )
+
+
+def _read_mat_struct(path: Path, name: str, fields: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Fields of the MATLAB struct ``name`` in an SBD .mat file (``loadmat(f)[name][0, 0]``,
-    MNC_SPEC §11)."""
+    MNC_SPEC §11); ``ValueError`` naming the file when one of ``fields`` is missing."""
     from scipy.io import loadmat
 
     if not path.is_file():
-        raise FileNotFoundError(f"annotation {path} is missing; re-download SBD")
+        raise FileNotFoundError(
+            f"annotation {path} is missing; re-extract SBD: {_refetch(path.parent.parent, 'sbd')}"
+        )
     try:
         struct = loadmat(path)[name][0, 0]
-        return {field: struct[field] for field in struct.dtype.names}
+        found = {field: struct[field] for field in struct.dtype.names}
     except KeyError:
         raise ValueError(
             f"{path} has no MATLAB struct {name!r}; is it an SBD {name} file?"
@@ -163,6 +178,14 @@ def _read_mat_struct(path: Path, name: str) -> dict[str, np.ndarray]:
         raise ValueError(
             f"cannot read annotation {path} ({err}); the file is corrupt or truncated"
         ) from err
+    missing = [field for field in fields if field not in found]
+    if missing:
+        raise ValueError(
+            f"{path}: the struct {name} has no field {', '.join(missing)} (it has "
+            f"{', '.join(found) or 'none'}), so it is not a complete SBD annotation; "
+            f"re-extract SBD: {_refetch(path.parent.parent, 'sbd')}"
+        )
+    return found
 
 
 def _read_id_list(path: Path) -> list[str]:
@@ -232,7 +255,7 @@ class VOCInstanceSegmentation(Dataset):
                     f"{self.root / sub} is missing; the dataset is incomplete. "
                     f"Get it with `{how.format(root=root)}`."
                 )
-        self.image_ids = self._read_split(split_dir)
+        self.image_ids = self._read_split(split_dir, root)
         if class_names is None:
             class_names = _read_class_names(self.root)
         self.class_names = tuple(class_names)
@@ -242,10 +265,27 @@ class VOCInstanceSegmentation(Dataset):
             )
         self.num_classes = len(self.class_names) - 1
 
-    def _read_split(self, split_dir: Path) -> list[str]:
+    def _read_split(self, split_dir: Path, root: str | os.PathLike) -> list[str]:
         split_file = split_dir / f"{self.split}.txt"
         if split_file.is_file():
-            return _read_id_list(split_file)
+            image_ids = _read_id_list(split_file)
+            if image_ids:
+                return image_ids
+            if (self.root / SHAPES_MARKER).is_file():
+                if self.root.parent.name == "VOCdevkit":  # the folder generate_shapes was given
+                    root = self.root.parent.parent
+                fix = (
+                    f"regenerate it with images in every split, e.g. "
+                    f"`{_GET_SHAPES.format(root=root)} --train 1000 --val 200 --overwrite`"
+                )
+            else:
+                fix = "extract the dataset again: " + _refetch(
+                    self.root, "voc2012" if self.format == "voc" else "sbd"
+                )
+            raise ValueError(
+                f"split file {split_file} lists no image ids (it is empty or blank); choose a "
+                f"split with images, or {fix}"
+            )
         if self.format == "sbd" and self.split in MNC_SPLITS:
             raise FileNotFoundError(
                 f"{split_file} does not exist. MNC's split re-splits SBD by VOC 2012 "
@@ -344,11 +384,11 @@ class VOCInstanceSegmentation(Dataset):
     def _load_sbd(self, image_id: str) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
         inst_path = self.root / "inst" / f"{image_id}.mat"
         cls_path = self.root / "cls" / f"{image_id}.mat"
-        gt_inst = _read_mat_struct(inst_path, "GTinst")
+        gt_inst = _read_mat_struct(inst_path, "GTinst", ("Segmentation", "Categories"))
         instance_map = np.asarray(gt_inst["Segmentation"])  # (H, W) 0 = background, k = instance k
         # (G,): the class of instance k is categories[k - 1]
         categories = np.asarray(gt_inst["Categories"]).reshape(-1).astype(np.int64)
-        gt_cls = _read_mat_struct(cls_path, "GTcls")
+        gt_cls = _read_mat_struct(cls_path, "GTcls", ("Segmentation",))
         class_map = np.asarray(gt_cls["Segmentation"])  # (H, W) class ids
         if instance_map.shape != class_map.shape:
             raise ValueError(

@@ -15,7 +15,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -114,6 +114,7 @@ def check_result(
     *,
     image_ids: Container[str] | None = None,
     num_classes: int | None = None,
+    image_sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Raise ``ValueError`` naming ``where`` if ``entry`` is not a valid COCO result dict.
 
@@ -122,6 +123,7 @@ def check_result(
         where: how the error names the entry, e.g. ``"predictions.json: entry 3"``.
         image_ids: if given, the entry's ``image_id`` must be one of these.
         num_classes: if given, its ``category_id`` must be in 1..num_classes.
+        image_sizes: if given, image_id -> (H, W): the mask must have its image's size.
     """
 
     def fail(problem: str) -> NoReturn:
@@ -164,6 +166,12 @@ def check_result(
         fail(f"bad RLE: {error}")
     if (runs < 0).any() or runs.sum() != size[0] * size[1]:
         fail(f"bad RLE: run lengths are negative or do not add up to H * W = {size[0] * size[1]}")
+    expected = (image_sizes or {}).get(entry["image_id"])
+    if expected is not None and list(expected) != list(size):
+        fail(
+            f"the mask is {list(size)} (H, W) but image {entry['image_id']!r} is "
+            f"{list(expected)}; encode masks at the original image size"
+        )
 
 
 def check_results(
@@ -217,7 +225,11 @@ def save_predictions(results: list[dict], path: str | Path) -> None:
 
 
 def load_predictions(
-    path: str | Path, image_ids: Container[str] | None = None, num_classes: int | None = None
+    path: str | Path,
+    image_ids: Container[str] | None = None,
+    num_classes: int | None = None,
+    *,
+    image_sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[dict]:
     """Read a COCO results JSON file and validate every entry.
 
@@ -225,6 +237,7 @@ def load_predictions(
         path: the file written by :func:`save_predictions` (or any COCO segm results file).
         image_ids: if given, every entry's image_id must be one of these.
         num_classes: if given, every category_id must be in 1..num_classes.
+        image_sizes: if given, image_id -> (H, W): every mask must have its image's size.
 
     Raises:
         FileNotFoundError / ValueError naming the file, the entry index and what is wrong.
@@ -241,7 +254,10 @@ def load_predictions(
             f"{path} holds a {type(results).__name__}, expected a list of results; {HOW_TO_FIX}"
         )
     for i, entry in enumerate(results):
-        check_result(entry, f"{path}: entry {i}", image_ids=image_ids, num_classes=num_classes)
+        check_result(
+            entry, f"{path}: entry {i}", image_ids=image_ids, num_classes=num_classes,
+            image_sizes=image_sizes,
+        )
     return results
 
 

@@ -27,8 +27,26 @@ def evaluate_predictions(
     Returns:
         ``{"mAP_r@0.5": {"area": .., "voc07": ..}, "mAP_r@0.7": {..}, "per_class": {..},
         "coco": {"AP": .., "AP50": .., ...}, "table": str}``; "table" is
-        :meth:`SDSResult.table`, for printing.
+        :meth:`SDSResult.table`, for printing. The means (mAP^r, COCO AP, AP50, AP75) are
+        numbers; per-class APs and COCO's area-range values are None where a class or area
+        range has no ground truth.
+
+    Raises:
+        ValueError: the ground truth holds no image or no instance (mAP^r is undefined), or a
+            prediction is invalid (``check=True``).
     """
+    if not ground_truth:
+        raise ValueError(
+            "evaluate_predictions got no ground-truth images: mAP^r is undefined; pass one "
+            "target per image of the split the predictions were made on"
+        )
+    if sum(len(target["labels"]) for target in ground_truth) == 0:
+        examples = ", ".join(repr(target.get("image_id")) for target in ground_truth[:3])
+        more = ", ..." if len(ground_truth) > 3 else ""
+        raise ValueError(
+            f"no ground-truth instances in the {len(ground_truth)} images (image_id {examples}"
+            f"{more}): mAP^r is undefined; evaluate on a split with annotated objects"
+        )
     if check:
         image_ids = {target.get("image_id") for target in ground_truth}
         check_results(predictions, image_ids=image_ids, num_classes=len(class_names) - 1)
