@@ -31,6 +31,28 @@ __all__ = ["build_parser", "main"]
 DEFAULT_PRESET = "shapes-cpu"
 
 
+def _check_output_file(path: str, *, flag: str, inputs: dict[str, str | None]) -> None:
+    """Refuse, before any work, an output file that is a folder, sits in a file, or is one of
+    the command's ``inputs`` (flag -> path): writing it would lose the input."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ValueError(
+            f"{flag} {path} is a folder; give a file name, e.g. {out / 'predictions.json'}"
+        )
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    for input_flag, input_path in inputs.items():
+        if input_path is None:
+            continue
+        same = out.resolve() == Path(input_path).expanduser().resolve()
+        if same or (out.exists() and Path(input_path).exists() and out.samefile(input_path)):
+            raise ValueError(
+                f"{flag} {path} is the {input_flag} input: writing it would replace that file; "
+                f"choose another {flag}"
+            )
+
+
 def _cmd_shapes(args: argparse.Namespace) -> int:
     from mnc_teach.data.shapes import generate_shapes
 
@@ -61,13 +83,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mnc_teach.evaluation.report import evaluate_predictions
     from mnc_teach.fileio import write_text_atomically
 
+    if args.json:
+        _check_output_file(args.json, flag="--json", inputs={"--predictions": args.predictions})
     dataset = VOCInstanceSegmentation(args.dataset_root, split=args.split, format=args.format)
-    # validated once, here, so that errors name the file
-    predictions = load_predictions(args.predictions, set(dataset.image_ids), dataset.num_classes)
-    ground_truth = [
-        dataset.load_target(i)
-        for i in tqdm(range(len(dataset)), desc=f"reading {args.split} ground truth", leave=False)
-    ]
+    # (closed before an error propagates, so that the error line comes last)
+    with tqdm(total=len(dataset), desc=f"reading {args.split} ground truth", leave=False) as bar:
+        ground_truth = []
+        for index in range(len(dataset)):
+            ground_truth.append(dataset.load_target(index))
+            bar.update()
+    # validated once, here, so that errors name the file; masks must have their image's size
+    sizes = {target["image_id"]: tuple(target["masks"].shape[-2:]) for target in ground_truth}
+    predictions = load_predictions(
+        args.predictions, set(sizes), dataset.num_classes, image_sizes=sizes
+    )
     report = evaluate_predictions(predictions, ground_truth, dataset.class_names, check=False)
     print(report["table"])
     for threshold in ("0.5", "0.7"):
@@ -82,10 +111,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _apply_setting(cfg, assignment: str):
     """``cfg`` with ``NAME=VALUE`` applied, e.g. ``train.lr=0.01``; VALUE is a Python literal
-    (or a bare string)."""
+    (or a bare string). The config checks the value's type and range (``check_config``)."""
     from mnc_teach.config import override
 
     name, sep, text = assignment.partition("=")
@@ -104,11 +132,10 @@ def _apply_setting(cfg, assignment: str):
         value = tuple(value)
     if isinstance(current, float) and type(value) is int:
         value = float(value)
-    if current is not None and value is not None and type(value) is not type(current):
-        raise ValueError(
-            f"--set {name}: expected a {type(current).__name__} like {current!r}, got {text!r}"
-        )
-    return override(cfg, name, value)
+    try:
+        return override(cfg, name, value)
+    except ValueError as error:
+        raise ValueError(f"--set {assignment}: {error}") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -124,13 +151,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     if args.steps is not None:
-        cfg = override(cfg, "train.max_steps", args.steps)
+        try:
+            cfg = override(cfg, "train.max_steps", args.steps)
+        except ValueError as error:
+            raise ValueError(f"--steps {args.steps}: {error}") from None
     if args.data_root is not None:
         cfg = override(cfg, "data.root", args.data_root)
     for assignment in args.set:
         cfg = _apply_setting(cfg, assignment)
-    history = train(cfg, out, resume=args.resume, device=args.device)
+    history = train(cfg, out, resume=args.resume, device=args.device, overwrite=args.overwrite)
     last_step = history.steps[-1]["step"] if history.steps else 0
+    diverged = history.divergence()
+    if diverged:
+        print(
+            f"error: {diverged}. The checkpoint {checkpoint} (step {last_step}) holds the "
+            "diverged weights; train again with --overwrite",
+            file=sys.stderr,
+        )
+        return 1
     if last_step < cfg.train.max_steps:
         print(f"stopped at step {last_step} of {cfg.train.max_steps}; checkpoint {checkpoint}")
         print(f"resume with: python -m mnc_teach train --out {out} --resume")
@@ -151,6 +189,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mnc_teach.engine.inference import cpu_threads, predict
     from mnc_teach.evaluation.coco import save_predictions
 
+    _check_output_file(args.out, flag="--out", inputs={"--checkpoint": args.checkpoint})
     model, cfg = load_model(args.checkpoint, device=args.device)
     # the scale the model was trained at
     resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)
@@ -252,6 +291,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument(
+        "--overwrite", action="store_true",
+        help="start afresh in an OUT that holds a run (its checkpoint.pt and history.json)",
+    )
+    train.add_argument(
         "--steps", type=int, default=None, help="optimiser steps in total (train.max_steps)"
     )
     train.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
@@ -276,17 +319,20 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=_cmd_predict)
 
 
-# Expected user errors (missing data, bad files, failed downloads, a diverged run): one clear line.
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError)
+# Expected user errors (missing data, bad files, failed downloads, a full disk, a diverged run):
+# one clear line. (OSError covers FileNotFoundError, PermissionError, IsADirectoryError, ...)
+USER_ERRORS = (OSError, ValueError, RuntimeError, FloatingPointError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; an expected error prints ``error: ...`` and returns 1 (130 on Ctrl-C)."""
+    """Run one command; an expected error prints ``error: ...`` (its first line) and returns 1
+    (130 on Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)

@@ -290,6 +290,8 @@ def download_dataset(
             raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(RESOURCES)}.")
         resource = RESOURCES[name]
     root, md5 = Path(root).expanduser(), resource.md5.lower()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the download folder {root} is a file; choose a folder for --root")
     dataset_dir = root / resource.extracted_marker
     stamp = root / f".{resource.name}.complete"
     if dataset_dir.exists() and stamp.exists() and stamp.read_text().strip() == md5:

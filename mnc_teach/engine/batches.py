@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from mnc_teach.config import MNCConfig
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.data.transforms import RandomHorizontalFlip, ResizeShortestSide, collate
-from mnc_teach.data.voc import VOCInstanceSegmentation
+from mnc_teach.data.voc import VOCInstanceSegmentation, find_voc_dir
 
 __all__ = [
     "FLIP_PROBABILITY", "FlipByKey", "build_datasets", "epoch_loader", "epoch_order", "to_device",
@@ -33,17 +33,30 @@ def build_datasets(cfg: MNCConfig) -> tuple[VOCInstanceSegmentation, VOCInstance
 
     Flips are not a dataset transform: the loop draws them with the data order
     (:func:`epoch_order`). The shapes dataset is generated (``generate_shapes(root, seed=0)``)
-    when its folder is missing.
+    when its folder is missing or empty, never into a folder that holds something else.
+
+    Raises:
+        FileNotFoundError: the data is missing (the message says how to get it).
+        ValueError: ``data.root`` holds other files but no dataset, or a dataset whose number of
+            classes is not ``cfg.num_classes`` (e.g. VOC under the shapes preset).
     """
     data, root = cfg.data, Path(cfg.data.root).expanduser()
-    if data.dataset == "shapes" and not (root / "VOCdevkit" / "VOC2012").exists():
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"data.root {root} is a file; set --data-root to a dataset folder")
+    if data.dataset == "shapes" and not _holds_voc_layout(root):
+        if root.is_dir() and any(root.iterdir()):
+            raise ValueError(
+                f"data.root {root} holds files but no shapes dataset (VOCdevkit/VOC2012); "
+                "point --data-root at the folder holding VOCdevkit, or at a new or empty "
+                "folder to generate the shapes dataset in"
+            )
         print(f"no shapes dataset in {root}: generating it "
               f"(python -m mnc_teach shapes --root {root})")
         generate_shapes(root, seed=0)
     fmt = "voc" if data.dataset == "shapes" else data.format
     resize = ResizeShortestSide(data.min_size, data.max_size)
     try:
-        return tuple(
+        datasets = tuple(
             VOCInstanceSegmentation(root, split=split, format=fmt, transforms=resize)
             for split in (data.train_split, data.val_split)
         )
@@ -51,6 +64,24 @@ def build_datasets(cfg: MNCConfig) -> tuple[VOCInstanceSegmentation, VOCInstance
         raise FileNotFoundError(
             f"{error} (the config's data.root is {root}; set it with --data-root DIR)"
         ) from None
+    found = datasets[0]
+    if found.num_classes != cfg.num_classes:
+        raise ValueError(
+            f"data.root {root} holds a dataset of {found.num_classes} classes "
+            f"({', '.join(found.class_names[1:4])}, ...) in {found.root}, but the config "
+            f"({cfg.preset}) trains {cfg.num_classes}; choose the preset of that dataset "
+            "(--preset) or another --data-root"
+        )
+    return datasets
+
+
+def _holds_voc_layout(root: Path) -> bool:
+    """Whether ``root`` is, or holds, a folder in VOC 2012's layout (see ``find_voc_dir``)."""
+    try:
+        find_voc_dir(root)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def epoch_order(num_images: int, *, seed: int, epoch: int, flip: bool) -> list[tuple[int, bool]]:
