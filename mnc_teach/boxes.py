@@ -272,9 +272,8 @@ def require_finite(boxes: Tensor, *, where: str) -> Tensor:
     finite = torch.isfinite(boxes).all(dim=-1) if boxes.ndim > 1 else torch.isfinite(boxes)
     if not finite.all():
         raise FloatingPointError(
-            f"{where}: {int((~finite).sum())} of {len(finite)} boxes are not finite (NaN or inf), "
-            "so the model's weights or its input are not finite; check the input, or retrain "
-            "from the last good checkpoint with a lower train.lr"
+            f"{where}: {int((~finite).sum())} of {len(finite)} boxes are not finite (NaN or inf): "
+            "the model's input or weights are not finite, or so large that they overflow"
         )
     return boxes
 

@@ -254,76 +254,51 @@ def _all_positive(values: tuple) -> bool:
     return len(values) >= 1 and all(map(_positive, values))
 
 
-def _fraction(x: Any) -> bool:
-    return 0 <= x <= 1
-
-
-# (setting, test, what it must be) for values a type cannot express; read by check_config.
-_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("num_classes", lambda x: x >= 1, ">= 1"),
-    ("num_stages", lambda x: x in (3, 5), "3 or 5"),
-    ("box_grad_clip", lambda x: x is None or _positive(x), "None or > 0"),
-    ("backbone.name", lambda x: x in ("tiny", "vgg16", "resnet50"), "tiny, vgg16 or resnet50"),
-    ("backbone.tiny_channels", lambda x: len(x) == 3 and min(x) >= 1, "3 channel counts >= 1"),
-    ("backbone.frozen_layers", lambda x: x >= 0, ">= 0"),
-    ("rpn.anchor_base_size", lambda x: x >= 1, ">= 1"),
-    ("rpn.anchor_ratios", _all_positive, "one or more ratios > 0"),
-    ("rpn.anchor_scales", _all_positive, "one or more scales > 0"),
-    ("rpn.conv_channels", lambda x: x >= 1, ">= 1"),
-    ("rpn.positive_iou", _fraction, "in [0, 1]"),
-    ("rpn.negative_iou", _fraction, "in [0, 1]"),
-    ("rpn.batch_size", lambda x: x >= 1, ">= 1"),
-    ("rpn.positive_fraction", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("rpn.box_loss_beta", lambda x: x >= 0, ">= 0"),
-    ("rpn.nms_iou", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("rpn.pre_nms_top_n_train", lambda x: x >= 1, ">= 1"),
-    ("rpn.post_nms_top_n_train", lambda x: x >= 1, ">= 1"),
-    ("rpn.pre_nms_top_n_test", lambda x: x >= 1, ">= 1"),
-    ("rpn.post_nms_top_n_test", lambda x: x >= 1, ">= 1"),
-    ("rpn.min_size", lambda x: x >= 0, ">= 0"),
-    ("roi.batch_size", lambda x: x >= 1, ">= 1"),
-    ("roi.fg_fraction", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("roi.fg_iou", _fraction, "in [0, 1]"),
-    ("roi.bg_iou_low", _fraction, "in [0, 1]"),
-    ("roi.hard_bg_fraction", _fraction, "in [0, 1]"),
-    ("roi.output_size", lambda x: x >= 1, ">= 1"),
-    ("roi.warp_pool", lambda x: x >= 1, ">= 1"),
-    ("mask.mask_size", lambda x: x >= 1, ">= 1"),
-    ("mask.hidden_dim", lambda x: x >= 1, ">= 1"),
-    ("mask.loss_weight", lambda x: x >= 0, ">= 0"),
-    ("mask.target_threshold", _fraction, "in [0, 1]"),
-    ("classifier.fc_dim", lambda x: x >= 1, ">= 1"),
-    ("classifier.pathway_pool", lambda x: x >= 1, ">= 1"),
-    ("classifier.mask_iou_fg", _fraction, "in [0, 1]"),
-    ("classifier.box_weights", _all_positive, "4 weights > 0"),
-    ("classifier.box_loss_beta", lambda x: x >= 0, ">= 0"),
-    ("inference.num_stages", lambda x: x in (3, 5), "3 or 5"),
-    ("inference.nms_iou", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("inference.detections_per_image", lambda x: x >= 1, ">= 1"),
-    ("inference.vote_iou", _fraction, "in [0, 1]"),
-    ("inference.mask_threshold", _fraction, "in [0, 1]"),
-    ("data.dataset", lambda x: x in ("shapes", "voc", "sbd"), "shapes, voc or sbd"),
-    ("data.format", lambda x: x in ("voc", "sbd"), "voc or sbd"),
-    ("data.min_size", lambda x: x >= 1, ">= 1"),
-    ("data.max_size", lambda x: x >= 1, ">= 1"),
-    ("data.num_workers", lambda x: x >= 0, ">= 0"),
-    ("train.images_per_batch", lambda x: x >= 1, ">= 1"),
-    ("train.accumulate", lambda x: x >= 1, ">= 1"),
-    ("train.max_steps", lambda x: x >= 1, ">= 1 (optimiser steps in total)"),
-    ("train.optimizer", lambda x: x in ("sgd", "adamw"), "sgd or adamw"),
-    ("train.lr", _positive, "> 0"),
-    ("train.lr_steps", lambda x: min(x, default=0) >= 0, "steps >= 0"),
-    ("train.gamma", _positive, "> 0"),
-    ("train.warmup_steps", lambda x: x >= 0, ">= 0"),
-    ("train.warmup_factor", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("train.momentum", lambda x: 0 <= x < 1, "in [0, 1)"),
-    ("train.weight_decay", lambda x: x >= 0, ">= 0"),
-    ("train.grad_clip_norm", lambda x: x is None or _positive(x), "None or > 0"),
-    ("train.cpu_threads", lambda x: x is None or x >= 1, "None or >= 1"),
-    ("train.checkpoint_every", lambda x: x >= 1, ">= 1"),
-    ("train.log_every", lambda x: x >= 1, ">= 1"),
-    ("train.val_every", lambda x: x >= 0, ">= 0 (0 = never)"),
+# (test, what it must be, the settings it holds for): the values a type cannot express.
+_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
+    (lambda x: x >= 1, ">= 1", (
+        "num_classes", "rpn.anchor_base_size", "rpn.conv_channels", "rpn.batch_size",
+        "rpn.pre_nms_top_n_train", "rpn.post_nms_top_n_train", "rpn.pre_nms_top_n_test",
+        "rpn.post_nms_top_n_test", "roi.batch_size", "roi.output_size", "roi.warp_pool",
+        "mask.mask_size", "mask.hidden_dim", "classifier.fc_dim", "classifier.pathway_pool",
+        "inference.detections_per_image", "data.min_size", "data.max_size",
+        "train.images_per_batch", "train.accumulate", "train.max_steps",
+        "train.checkpoint_every", "train.log_every",
+    )),
+    (lambda x: x >= 0, ">= 0", (
+        "backbone.frozen_layers", "rpn.box_loss_beta", "rpn.min_size", "mask.loss_weight",
+        "classifier.box_loss_beta", "data.num_workers", "train.warmup_steps",
+        "train.weight_decay", "train.val_every",
+    )),
+    (_positive, "> 0 (and finite)", ("train.lr", "train.gamma")),
+    (lambda x: x is None or _positive(x), "None or > 0", (
+        "box_grad_clip", "train.grad_clip_norm",
+    )),
+    (lambda x: x is None or x >= 1, "None or >= 1", ("train.cpu_threads",)),
+    (lambda x: 0 <= x <= 1, "in [0, 1]", (
+        "rpn.positive_iou", "rpn.negative_iou", "roi.fg_iou", "roi.bg_iou_low",
+        "roi.hard_bg_fraction", "mask.target_threshold", "classifier.mask_iou_fg",
+        "inference.vote_iou", "inference.mask_threshold",
+    )),
+    (lambda x: 0 < x <= 1, "in (0, 1]", (
+        "rpn.positive_fraction", "rpn.nms_iou", "roi.fg_fraction", "inference.nms_iou",
+        "train.warmup_factor",
+    )),
+    (lambda x: 0 <= x < 1, "in [0, 1)", ("train.momentum",)),
+    (lambda x: x in (3, 5), "3 or 5", ("num_stages", "inference.num_stages")),
+    (_all_positive, "one or more values > 0", (
+        "rpn.anchor_ratios", "rpn.anchor_scales", "classifier.box_weights",
+    )),
+    (lambda x: len(x) == 3 and min(x) >= 1, "3 channel counts >= 1", ("backbone.tiny_channels",)),
+    (lambda x: min(x, default=0) >= 0, "steps >= 0", ("train.lr_steps",)),
+    (lambda x: x in ("tiny", "vgg16", "resnet50"), "tiny, vgg16 or resnet50", ("backbone.name",)),
+    (lambda x: x in ("shapes", "voc", "sbd"), "shapes, voc or sbd", ("data.dataset",)),
+    (lambda x: x in ("voc", "sbd"), "voc or sbd", ("data.format",)),
+    (lambda x: x in ("sgd", "adamw"), "sgd or adamw", ("train.optimizer",)),
 ]
+# (low, high): pairs of settings in order
+_ORDERED = [("rpn.negative_iou", "rpn.positive_iou"), ("roi.bg_iou_low", "roi.fg_iou"),
+            ("data.min_size", "data.max_size")]
 
 
 def _settings(cfg: Any, prefix: str = ""):
@@ -345,12 +320,11 @@ def check_config(cfg: MNCConfig) -> None:
         if problem is not None:
             raise ValueError(f"setting {name} is {problem}; expected {annotation}")
         values[name] = value
-    for name, test, expected in _RULES:
-        if not test(values[name]):
-            raise ValueError(f"setting {name} is {values[name]!r}; expected {expected}")
-    pairs = [("rpn.negative_iou", "rpn.positive_iou"), ("roi.bg_iou_low", "roi.fg_iou"),
-             ("data.min_size", "data.max_size")]
-    for low, high in pairs:
+    for test, expected, names in _RULES:
+        for name in names:
+            if not test(values[name]):
+                raise ValueError(f"setting {name} is {values[name]!r}; expected {expected}")
+    for low, high in _ORDERED:
         if values[low] > values[high]:
             raise ValueError(
                 f"setting {low} ({values[low]}) is above {high} ({values[high]}); "

@@ -274,7 +274,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(
             "--set train.lr=fast: setting train.lr is 'fast' (str); expected float",
         ),
         (["--steps", "-5"], "setting train.max_steps is -5; expected >= 1"),
-        (["--set", "rpn.anchor_scales=()"], "setting rpn.anchor_scales is (); expected one or"),
+        (["--set", "rpn.anchor_scales=()"], "rpn.anchor_scales is (); expected one or more values"),
         (["--set", "train.speed=1"], "--set 'train.speed=1': expected NAME=VALUE"),
         (["--set", "train.lr"], "expected NAME=VALUE"),
         (["--set", "train.images_per_batch=20"], "fewer than one step's 20 x 1"),

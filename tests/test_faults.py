@@ -107,6 +107,15 @@ def copy_shapes(world: World, tmp: Path) -> Path:
     return Path(shutil.copytree(world.shapes, tmp / "shapes"))
 
 
+def shapes_with(world: World, tmp: Path, folder: str, change: Callable[[Path], object]) -> Path:
+    """A private copy of the shapes dataset whose first val image's file in ``folder``
+    (JPEGImages, SegmentationObject, SegmentationClass) is passed to ``change``."""
+    root = copy_shapes(world, tmp)
+    suffix = ".jpg" if folder == "JPEGImages" else ".png"
+    change(voc_dir(root) / folder / f"{first_val_id(root)}{suffix}")
+    return root
+
+
 def voc_dir(root: Path) -> Path:
     return root / "VOCdevkit" / "VOC2012"
 
@@ -166,7 +175,7 @@ class _RunsCode:
 def _code_pickle(world: World, tmp: Path) -> Path:
     path = tmp / "evil.pt"
     with open(path, "wb") as file:
-        pickle.dump({"step": 1, "config": {}, "model": _RunsCode()}, file)
+        pickle.dump({"step": 1, "config": {}, "model": _RunsCode()}, file, protocol=2)
     return path
 
 
@@ -183,15 +192,22 @@ def _bad_lr(checkpoint: dict) -> None:
     checkpoint["config"]["train"]["lr"] = "fast"
 
 
-def _shapes_with_png(world: World, tmp: Path, change: Callable[[np.ndarray], np.ndarray]) -> Path:
-    """A shapes copy whose first val image's SegmentationObject PNG is ``change``d."""
-    root = copy_shapes(world, tmp)
-    png = voc_dir(root) / "SegmentationObject" / f"{first_val_id(root)}.png"
-    image = Image.open(png)
-    changed = Image.fromarray(change(np.array(image)).astype(np.uint8))
-    changed.putpalette(image.getpalette())
-    changed.save(png)
-    return root
+def _edit_png(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    """A function that rewrites a palette PNG with ``change`` applied to its indices."""
+
+    def edit(png: Path) -> None:
+        image = Image.open(png)
+        changed = Image.fromarray(change(np.array(image)).astype(np.uint8))
+        changed.putpalette(image.getpalette())
+        changed.save(png)
+
+    return edit
+
+
+def _paint_a_class_9(array: np.ndarray) -> np.ndarray:
+    """The pixels of the first class shown (not void) become class 9 (the shapes have 3)."""
+    shown = next(value for value in np.unique(array) if 0 < value < 255)
+    return np.where(array == shown, 9, array)
 
 
 def _shapes_without_objects(world: World, tmp: Path) -> Path:
@@ -200,11 +216,7 @@ def _shapes_without_objects(world: World, tmp: Path) -> Path:
     ids = (voc_dir(root) / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     for folder in ("SegmentationObject", "SegmentationClass"):
         for image_id in ids:
-            png = voc_dir(root) / folder / f"{image_id}.png"
-            image = Image.open(png)
-            empty = Image.fromarray(np.zeros_like(np.array(image)))
-            empty.putpalette(image.getpalette())
-            empty.save(png)
+            _edit_png(np.zeros_like)(voc_dir(root) / folder / f"{image_id}.png")
     return root
 
 
@@ -265,6 +277,13 @@ def _served(tmp: Path) -> str:
 
 # kind -> (world, case folder) -> (argv, fragments the one error line must contain)
 Case = Callable[[World, Path], tuple[list[str], tuple[str, ...]]]
+
+
+def with_setting(setting: str, fragments: tuple[str, ...]) -> Case:
+    """The case of a one-step training run with ``--set setting``."""
+    return lambda w, t: (train_argv(t / "run", w.shapes, "--set", setting), fragments)
+
+
 CLI_ERRORS: dict[str, Case] = {
     # checkpoints given to predict
     "checkpoint-missing": lambda w, t: (
@@ -330,9 +349,11 @@ CLI_ERRORS: dict[str, Case] = {
         predict_argv(w.checkpoint, w.shapes, t / "p.json", "--split", "nosuch"),
         ("nosuch",)),
     "predict-image-missing": lambda w, t: (
-        predict_argv(w.checkpoint, _copy_and_remove_jpeg(w, t), t / "p.json"), (".jpg",)),
+        predict_argv(w.checkpoint, shapes_with(w, t, "JPEGImages", Path.unlink), t / "p.json"),
+        (".jpg",)),
     "predict-image-truncated": lambda w, t: (
-        predict_argv(w.checkpoint, _copy_and_truncate_jpeg(w, t), t / "p.json"), (".jpg",)),
+        predict_argv(w.checkpoint, shapes_with(w, t, "JPEGImages", _truncate), t / "p.json"),
+        (".jpg",)),
     # predictions given to evaluate
     "predictions-missing": lambda w, t: (
         evaluate_argv(w.shapes, t / "none.json"), ("none.json",)),
@@ -371,11 +392,14 @@ CLI_ERRORS: dict[str, Case] = {
         evaluate_argv(w.shapes, w.predictions, "--format", "sbd"),
         ("no SBD folder", "download sbd")),
     "annotation-png-missing": lambda w, t: (
-        evaluate_argv(_copy_and_remove_png(w, t), w.predictions), (".png",)),
+        evaluate_argv(shapes_with(w, t, "SegmentationObject", Path.unlink), w.predictions),
+        (".png",)),
     "annotation-png-of-another-size": lambda w, t: (
-        evaluate_argv(_shapes_with_png(w, t, lambda a: a[:32]), w.predictions), (".png",)),
+        evaluate_argv(shapes_with(w, t, "SegmentationObject", _edit_png(lambda a: a[:32])),
+                      w.predictions), (".png",)),
     "annotation-png-unknown-class": lambda w, t: (
-        evaluate_argv(_copy_and_paint_class(w, t), w.predictions), (".png",)),
+        evaluate_argv(shapes_with(w, t, "SegmentationClass", _edit_png(_paint_a_class_9)),
+                      w.predictions), (".png",)),
     "sbd-mat-without-segmentation": lambda w, t: (
         evaluate_argv(_sbd_mat_without(w, t, "Segmentation"), _none(t), "--format", "sbd"),
         (".mat", "Segmentation", "download sbd")),
@@ -390,25 +414,18 @@ CLI_ERRORS: dict[str, Case] = {
         train_argv(t / "run", w.shapes, "--steps", "-5"), ("--steps -5", "train.max_steps")),
     "train-steps-zero": lambda w, t: (
         train_argv(t / "run", w.shapes, "--steps", "0"), ("--steps 0", ">= 1")),
-    "train-no-anchor-scales": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "rpn.anchor_scales=()"),
-        ("rpn.anchor_scales", "one or more scales")),
-    "train-unknown-setting": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "train.speed=1"),
-        ("train.speed=1", "mnc_teach/config.py")),
-    "train-setting-of-wrong-type": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "train.lr=fast"), ("train.lr", "float")),
-    "train-unknown-optimizer": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "train.optimizer=adam"),
-        ("train.optimizer", "sgd or adamw")),
-    "train-negative-lr": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "train.lr=-0.1"), ("train.lr", "> 0")),
-    "train-iou-bands-crossed": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "rpn.negative_iou=0.8"),
-        ("rpn.negative_iou", "rpn.positive_iou")),
-    "train-batch-larger-than-the-data": lambda w, t: (
-        train_argv(t / "run", w.shapes, "--set", "train.images_per_batch=20"),
-        ("fewer than one step's",)),
+    "train-no-anchor-scales": with_setting(
+        "rpn.anchor_scales=()", ("rpn.anchor_scales", "one or more values > 0")),
+    "train-unknown-setting": with_setting(
+        "train.speed=1", ("train.speed=1", "mnc_teach/config.py")),
+    "train-setting-of-wrong-type": with_setting("train.lr=fast", ("train.lr", "float")),
+    "train-unknown-optimizer": with_setting(
+        "train.optimizer=adam", ("train.optimizer", "sgd or adamw")),
+    "train-negative-lr": with_setting("train.lr=-0.1", ("train.lr", "> 0")),
+    "train-iou-bands-crossed": with_setting(
+        "rpn.negative_iou=0.8", ("rpn.negative_iou", "rpn.positive_iou")),
+    "train-batch-larger-than-the-data": with_setting(
+        "train.images_per_batch=20", ("fewer than one step's",)),
     "train-out-holds-a-history-json": lambda w, t: (
         train_argv(_folder_with(t, "history.json"), w.shapes),
         ("history.json exists", "--overwrite")),
@@ -510,38 +527,6 @@ def _nan_run(world: World, tmp: Path) -> Path:
     return run
 
 
-def _copy_and_remove_jpeg(world: World, tmp: Path) -> Path:
-    root = copy_shapes(world, tmp)
-    (voc_dir(root) / "JPEGImages" / f"{first_val_id(root)}.jpg").unlink()
-    return root
-
-
-def _copy_and_truncate_jpeg(world: World, tmp: Path) -> Path:
-    root = copy_shapes(world, tmp)
-    _truncate(voc_dir(root) / "JPEGImages" / f"{first_val_id(root)}.jpg")
-    return root
-
-
-def _copy_and_remove_png(world: World, tmp: Path) -> Path:
-    root = copy_shapes(world, tmp)
-    (voc_dir(root) / "SegmentationObject" / f"{first_val_id(root)}.png").unlink()
-    return root
-
-
-def _copy_and_paint_class(world: World, tmp: Path) -> Path:
-    """A shapes copy whose first val image's class PNG shows class 9 (the data has 3)."""
-    root = copy_shapes(world, tmp)
-    png = voc_dir(root) / "SegmentationClass" / f"{first_val_id(root)}.png"
-    image = Image.open(png)
-    array = np.array(image)
-    shown = next(value for value in np.unique(array) if 0 < value < 255)  # not void
-    array[array == shown] = 9
-    painted = Image.fromarray(array)
-    painted.putpalette(image.getpalette())
-    painted.save(png)
-    return root
-
-
 # The kinds whose error keeps a file on purpose (in this folder of the case's own).
 KEEPS_FILES = {"download-wrong-bytes": "data"}  # the bad archive, renamed *.corrupt, to inspect
 
@@ -596,14 +581,34 @@ def test_a_diverging_run_stops_before_it_poisons_a_checkpoint(world: World, tmp_
     assert done.returncode == 1, done.stderr[-2000:]
     line = done.stderr[done.stderr.index("error: "):].strip()
     assert "not finite" in line or "is inf" in line or "is nan" in line, line
-    assert "the last good checkpoint" in line and "Lower train.lr" in line
+    assert "the last checkpoint written" in line and "Lower train.lr" in line
     kept = load_checkpoint(out / "checkpoint.pt")  # checks every weight is finite
-    assert f"(step {kept['step']}) is kept" in line and kept["step"] >= 1
+    assert f"(step {kept['step']}, finite weights), is kept" in line and kept["step"] >= 1
     model, cfg = load_model(out / "checkpoint.pt", device="cpu")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     results = predict(model, VOCInstanceSegmentation(world.shapes, split="val"), progress=False)
     assert isinstance(results, list)
     assert snapshot(world.shapes) == before
+
+
+@handled
+def test_a_diverging_run_whose_boxes_overflow_first_says_its_checkpoint_diverged(
+    world: World, tmp_path
+) -> None:
+    """SGD at lr 1e6 without clipping: the weights stay finite but so large that the next
+    step's boxes overflow. The guard before roi_align stops it; the message says the kept
+    checkpoint's loss had diverged already."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "mnc_teach", *train_argv(out, world.shapes)]
+    argv[argv.index("--steps") + 1] = "8"
+    argv += ["--set", "train.lr=1e6", "--set", "train.optimizer=sgd",
+             "--set", "train.grad_clip_norm=None", "--set", "train.checkpoint_every=1"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    line = done.stderr[done.stderr.index("error: "):].strip()
+    assert "boxes are not finite" in line and "had already diverged" in line, line
+    assert "warning: step" in done.stdout and "the loss diverged" in done.stdout
+    assert load_checkpoint(out / "checkpoint.pt")["step"] >= 1  # finite weights
 
 
 class _GrowingLoss(FakeMNC):
@@ -659,7 +664,7 @@ def test_an_update_that_makes_weights_nan_stops_training_and_keeps_the_checkpoin
 
     monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
     with pytest.raises(FloatingPointError, match=r"step 5: the update made 1 parameter tensors "
-                       r"non-finite \(first: features.weight\).*\(step 4\) is kept"):
+                       r"non-finite \(first: features.weight\).*\(step 4, finite weights\)"):
         train(small_config(), tmp_path, callbacks=(), model=fake_model(), datasets=DATASETS,
               device="cpu")
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

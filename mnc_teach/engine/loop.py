@@ -369,12 +369,20 @@ def _run_epochs(
                 )
                 train_one_epoch(state, loader, callbacks=callbacks, val_dataset=val_dataset)
     except FloatingPointError as error:
-        kept = (
-            f"the last good checkpoint {state.checkpoint_path} (step {state.checkpoint_step}) "
-            "is kept"
-            if state.checkpoint_step >= 0
-            else "no checkpoint was written yet"
-        )
-        raise FloatingPointError(
-            f"{error}; {kept}. Lower train.lr or set train.grad_clip_norm"
-        ) from None
+        raise FloatingPointError(f"{error}; {_what_is_kept(state)}") from None
+
+
+def _what_is_kept(state: TrainState) -> str:
+    """The end of a non-finite-training message: which checkpoint survives, and what to do."""
+    if state.checkpoint_step < 0:
+        return "no checkpoint was written yet. Lower train.lr or set train.grad_clip_norm"
+    saved = TrainHistory(
+        steps=[entry for entry in state.history.steps if entry["step"] <= state.checkpoint_step]
+    )
+    kept = (
+        f"the last checkpoint written, {state.checkpoint_path} (step {state.checkpoint_step}, "
+        "finite weights), is kept"
+    )
+    if saved.divergence():
+        kept += ", but its loss had already diverged: train again with --overwrite"
+    return f"{kept}. Lower train.lr or set train.grad_clip_norm"
