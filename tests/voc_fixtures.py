@@ -7,6 +7,7 @@ earlier ones. The expected masks, boxes and void maps are computed here with pla
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,3 +291,14 @@ def build_sbd(tmp_path: Path) -> FixtureTree:
     for name, split_ids in splits.items():
         _write_lines(data_dir / f"{name}.txt", split_ids)
     return FixtureTree(root=root, data_dir=data_dir, images=images, splits=splits)
+
+
+def build_voc_and_sbd(root: Path) -> Path:
+    """``root`` holding both fixtures as the download commands lay them out:
+    ``root/VOCdevkit/VOC2012`` and ``root/benchmark_RELEASE/dataset`` (the voc track's data)."""
+    staging = root / ".staging"
+    voc, sbd = build_voc(staging), build_sbd(staging)
+    (voc.root / "VOCdevkit").rename(root / "VOCdevkit")
+    sbd.root.rename(root / "benchmark_RELEASE")
+    shutil.rmtree(staging)
+    return root
