@@ -1,5 +1,6 @@
 """roi_warp against torchvision.ops.roi_align, hand-computed values, and gradcheck on features
-and boxes; the exercise checker and the drawings of notebook 03."""
+and boxes; the fast (sparse) version against the readable reference, values and both gradients;
+the exercise checker and the drawings of notebook 03."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch.autograd import gradcheck
 
+import mnc_teach.roi_warp as roi_warp_module
 from mnc_teach.config import RoIConfig
 from mnc_teach.roi_warp import (
     VGG16_SPATIAL_SCALE,
     RoIWarpPool,
     roi_warp,
     roi_warp_pool,
+    roi_warp_pool_reference,
+    roi_warp_reference,
     sample_positions,
 )
 
@@ -142,6 +147,30 @@ def test_low_precision_features_and_mixed_dtypes() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pool", [1, 2])
+def test_cuda_fast_matches_reference(pool) -> None:
+    gen = torch.Generator().manual_seed(7)
+    features = torch.randn(2, 16, 12, 16, generator=gen).relu()  # ReLU: ties inside windows
+    rois = random_rois(300, 2, (192, 256), gen)
+    settings = {"output_size": 7, "spatial_scale": 1 / 16, "pool": pool}
+    results = []
+    for function in (roi_warp_pool, roi_warp_pool_reference):
+        leaf_features = features.cuda().requires_grad_(True)
+        leaf_rois = rois.cuda().requires_grad_(True)
+        out = function(leaf_features, leaf_rois, **settings)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).cuda()
+        grads = torch.autograd.grad(out, (leaf_features, leaf_rois), upstream)
+        results.append((out, *grads))
+    for fast, reference in zip(*results, strict=True):
+        assert torch.allclose(fast, reference, rtol=1e-4, atol=1e-4)
+    # autocast (the AMP training path): half-precision features, float32 boxes
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = roi_warp_pool(features.cuda().bfloat16(), rois.cuda(), **settings)
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), results[1][0], atol=0.05, rtol=0.02)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_roi_align_and_cpu() -> None:
     gen = torch.Generator().manual_seed(6)
     features, rois = torch.randn(2, 8, 12, 16, generator=gen), random_rois(100, 2, (192, 256), gen)
@@ -197,22 +226,144 @@ def _gradcheck_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return features, coords, batch
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("pool", [None, 1, 2])
-def test_gradcheck_features_and_box_coordinates(pool) -> None:
+def test_gradcheck_features_and_box_coordinates(pool, fast) -> None:
     features, coords, batch = _gradcheck_inputs(seed=pool or 0)
     features.requires_grad_(True)
     coords.requires_grad_(True)
+    warp_fn = roi_warp if fast else roi_warp_reference
+    warp_pool_fn = roi_warp_pool if fast else roi_warp_pool_reference
 
     def warp(features, coords):  # the batch-index column stays constant
         rois = torch.cat([batch, coords], dim=1)  # (R, 5)
         if pool is None:
-            return roi_warp(features, rois, output_size=(3, 4), spatial_scale=0.25)
-        return roi_warp_pool(features, rois, output_size=(3, 4), spatial_scale=0.25, pool=pool)
+            return warp_fn(features, rois, output_size=(3, 4), spatial_scale=0.25)
+        return warp_pool_fn(features, rois, output_size=(3, 4), spatial_scale=0.25, pool=pool)
 
     assert warp(features, coords).abs().sum() > 0
     assert gradcheck(warp, (features, coords), eps=1e-6, atol=1e-5)
     (box_grad,) = torch.autograd.grad(warp(features, coords).sum(), coords)
     assert (box_grad.abs().sum(dim=1) > 0).all(), "every box gets a gradient"
+
+
+def _mixed_rois(gen: torch.Generator, dtype: torch.dtype, num_images: int) -> torch.Tensor:
+    """RoIs [R, 5] on a 9 x 11 map at scale 1/16 (image 144 x 176): random boxes from 50 %
+    outside on each side (some fully outside), boxes far larger than the image, boxes smaller than
+    a hundredth of a cell, zero-sized and inverted (x2 < x1) boxes."""
+    image_size = (144, 176)
+    random = random_rois(120, num_images, image_size, gen, dtype)
+    image_wh = torch.tensor([176.0, 144.0], dtype=dtype)
+    centres = torch.rand(30, 2, generator=gen, dtype=dtype) * image_wh  # (30, 2)
+    huge = torch.cat([centres - 600.0, centres + 900.0], dim=1)  # (30, 4): 10x the image
+    tiny = torch.cat([centres, centres + 0.1], dim=1)  # (30, 4): 1/160 of a cell
+    flat = torch.cat([centres, centres], dim=1)  # (30, 4): zero size
+    inverted = torch.cat([centres + 40.0, centres], dim=1)  # (30, 4)
+    boxes = torch.cat([huge, tiny, flat, inverted])  # (120, 4)
+    batch = torch.randint(0, num_images, (len(boxes), 1), generator=gen).to(dtype)
+    return torch.cat([random, torch.cat([batch, boxes], dim=1)])  # (240, 5)
+
+
+def _output_and_grads(function, features, rois, upstream_gen, **settings):
+    """(output, d loss / d features, d loss / d rois) for a random linear loss."""
+    features = features.detach().requires_grad_(True)
+    rois = rois.detach().requires_grad_(True)
+    out = function(features, rois, **settings)
+    upstream = torch.randn(out.shape, generator=upstream_gen, dtype=out.dtype)
+    return (out, *torch.autograd.grad(out, (features, rois), upstream))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("pool", [1, 2, 3])
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu"])
+def test_fast_equals_reference_values_and_both_gradients(dtype, tolerance, pool, relu) -> None:
+    """roi_warp_pool (sparse G(B), one autograd node) == roi_warp_pool_reference (autograd
+    through the gather): outputs, feature gradients and box gradients. ReLU features have
+    exact ties inside the max-pooling windows (zeros), where the first maximum must get the
+    gradient, as max_pool2d gives it."""
+    gen = torch.Generator().manual_seed(10 * pool + relu)
+    features = torch.randn(3, 5, 9, 11, generator=gen, dtype=dtype)
+    if relu:
+        features = features.relu()
+    rois = _mixed_rois(gen, dtype, num_images=3)
+    settings = {"output_size": (3, 4), "spatial_scale": 1 / 16, "pool": pool}
+    fast, reference = (
+        _output_and_grads(function, features, rois, torch.Generator().manual_seed(0), **settings)
+        for function in (roi_warp_pool, roi_warp_pool_reference)
+    )  # each (output, feature grad, box grad)
+    names = ("output", "feature grad", "box grad")
+    for name, ours, expected in zip(names, fast, reference, strict=True):
+        assert ours.dtype == expected.dtype, name
+        scale = max(1.0, expected.abs().max().item())
+        assert torch.allclose(ours, expected, rtol=0, atol=tolerance * scale), (
+            f"{name}: largest difference {(ours - expected).abs().max().item():.2e}"
+        )
+    assert fast[2][:, 1:].abs().sum(dim=1).gt(0).sum() > 100, "most boxes get a box gradient"
+    assert torch.all(fast[2][:, 0] == 0), "the batch index column gets no gradient"
+
+
+def test_fast_in_blocks_equals_one_block(monkeypatch) -> None:
+    """On the CPU the RoIs go through in blocks (CPU_BLOCK_BYTES); one RoI per block gives the
+    same values and gradients as all RoIs in one block."""
+    gen = torch.Generator().manual_seed(11)
+    features = torch.randn(2, 4, 9, 11, generator=gen).relu()
+    rois = _mixed_rois(gen, torch.float32, num_images=2)[::7]  # 35 RoIs
+    settings = {"output_size": 3, "spatial_scale": 1 / 16, "pool": 2}
+    results = {}
+    for block_bytes in (2**40, 1):
+        monkeypatch.setattr(roi_warp_module, "CPU_BLOCK_BYTES", block_bytes)
+        results[block_bytes] = _output_and_grads(
+            roi_warp_pool, features, rois, torch.Generator().manual_seed(0), **settings
+        )
+    for in_blocks, whole in zip(results[1], results[2**40], strict=True):
+        assert torch.allclose(in_blocks, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_fast_gradient_to_one_input_only(pool) -> None:
+    """Frozen features (only the boxes need a gradient) and fixed boxes (only the features):
+    each gradient alone equals the one computed together."""
+    gen = torch.Generator().manual_seed(12)
+    features = torch.randn(2, 3, 8, 10, generator=gen)
+    rois = random_rois(20, 2, (128, 160), gen)
+    settings = {"output_size": 4, "spatial_scale": 1 / 16, "pool": pool}
+    _, both_features, both_rois = _output_and_grads(
+        roi_warp_pool, features, rois, torch.Generator().manual_seed(0), **settings
+    )
+    upstream_gen = torch.Generator().manual_seed(0)
+    leaf_rois = rois.clone().requires_grad_(True)
+    out = roi_warp_pool(features, leaf_rois, **settings)
+    upstream = torch.randn(out.shape, generator=upstream_gen)
+    (only_rois,) = torch.autograd.grad(out, leaf_rois, upstream)
+    leaf_features = features.clone().requires_grad_(True)
+    out = roi_warp_pool(leaf_features, rois, **settings)
+    (only_features,) = torch.autograd.grad(out, leaf_features, upstream)
+    assert torch.allclose(only_rois, both_rois) and torch.allclose(only_features, both_features)
+
+
+def test_fast_is_unchanged_by_cpu_autocast() -> None:
+    """Under autocast the sparse products stay in float32 (autocast would run mm in bfloat16)."""
+    gen = torch.Generator().manual_seed(13)
+    features, rois = torch.randn(1, 4, 9, 11, generator=gen), random_rois(30, 1, (144, 176), gen)
+    settings = {"output_size": 7, "spatial_scale": 1 / 16}
+    expected = roi_warp_pool(features, rois, **settings)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_warp_pool(features, rois, **settings)
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, atol=1e-6)
+
+
+def test_window_max_is_max_with_the_first_index() -> None:
+    gen = torch.Generator().manual_seed(14)
+    samples = torch.randint(0, 3, (5, 4, 200), generator=gen).float()  # many ties
+    window_max, first = roi_warp_module._window_max(samples)
+    expected = samples.max(dim=1)
+    assert torch.equal(window_max, expected.values)
+    assert first.dtype == torch.uint8
+    assert torch.equal(first.long(), expected.indices)
+    # and max_pool2d passes the gradient to that index: the first maximum in row-major order
+    grid = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    F.max_pool2d(grid, 2).sum().backward()
+    assert grid.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_detach_boxes_switch() -> None:
@@ -235,6 +386,12 @@ def test_detach_boxes_switch() -> None:
     assert features.grad.abs().sum() > 0, "the features still get a gradient"
     assert "detach_boxes=True" in repr(module) and "pool=2" in repr(module)
 
+    reference = roi_warp_pool_reference(
+        features, rois.clone().requires_grad_(True), output_size=4, spatial_scale=1 / 8,
+        detach_boxes=True,
+    )
+    assert reference.grad_fn is not None and torch.allclose(reference, module(features, rois))
+
 
 def test_module_defaults_and_forward() -> None:
     module = RoIWarpPool()
@@ -246,14 +403,19 @@ def test_module_defaults_and_forward() -> None:
     assert torch.equal(module(features, rois), expected)
 
 
-def test_empty_rois() -> None:
+@pytest.mark.parametrize("pool", [1, 2])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_empty_rois(fast, pool) -> None:
     features = torch.randn(2, 3, 5, 5, requires_grad=True)
-    rois = torch.zeros(0, 5)
-    assert roi_warp(features, rois, output_size=(2, 3), spatial_scale=0.5).shape == (0, 3, 2, 3)
-    out = roi_warp_pool(features, rois, output_size=4, spatial_scale=0.5)
+    rois = torch.zeros(0, 5, requires_grad=True)
+    warp_fn = roi_warp if fast else roi_warp_reference
+    warp_pool_fn = roi_warp_pool if fast else roi_warp_pool_reference
+    assert warp_fn(features, rois, output_size=(2, 3), spatial_scale=0.5).shape == (0, 3, 2, 3)
+    out = warp_pool_fn(features, rois, output_size=4, spatial_scale=0.5, pool=pool)
     assert out.shape == (0, 3, 4, 4)
     out.sum().backward()
-    assert torch.all(features.grad == 0)
+    assert features.grad.shape == features.shape and torch.all(features.grad == 0)
+    assert rois.grad.shape == (0, 5)
 
 
 def test_batch_index_picks_the_image() -> None:
