@@ -141,6 +141,7 @@ def _apply_setting(cfg, assignment: str):
 def _cmd_train(args: argparse.Namespace) -> int:
     from mnc_teach.config import MNCConfig, get_preset, override
     from mnc_teach.engine.checkpoint import load_checkpoint
+    from mnc_teach.engine.distributed import current_world
     from mnc_teach.engine.loop import train
     from mnc_teach.engine.state import CHECKPOINT_NAME, HISTORY_NAME
 
@@ -162,6 +163,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = train(cfg, out, resume=args.resume, device=args.device, overwrite=args.overwrite)
     last_step = history.steps[-1]["step"] if history.steps else 0
     diverged = history.divergence()
+    if not current_world().is_main:  # under torchrun, process 0 says how the run ended
+        return 1 if diverged else 0
     if diverged:
         print(
             f"error: {diverged}. The checkpoint {checkpoint} (step {last_step}) holds the "

@@ -141,6 +141,9 @@ class DataConfig:
     max_size: int = 1000  # [code MAX_SIZE]
     flip: bool = True  # horizontal flips [code USE_FLIPPED]
     num_workers: int = 2
+    # micro-batches of one orientation (landscape / portrait) [code ASPECT_GROUPING,
+    # MNC/lib/pylayer/mnc_data_layer.py]; no effect with 1 image per batch or square images
+    group_by_aspect: bool = False
 
 
 @dataclass

@@ -1,20 +1,32 @@
 """engine.batches: the datasets of a config (generated, resized, clear errors), the seeded epoch
-order with flips, and the loader that serves an epoch from any step on."""
+order with flips (grouped by orientation on request), how processes share a step, and the loader
+that serves the epochs from any step on."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from voc_fixtures import build_sbd, build_voc
 
 from mnc_teach.config import get_preset, override, shapes_cpu
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.data.voc import make_mnc_split
 from mnc_teach.engine import batches as batches_module
-from mnc_teach.engine.batches import build_datasets, epoch_loader, epoch_order
+from mnc_teach.engine.batches import (
+    StepSampler,
+    build_datasets,
+    epoch_loader,
+    epoch_order,
+    image_orientations,
+    split_step,
+    train_loader,
+)
+from mnc_teach.engine.distributed import World
 
 
 def test_epoch_order_is_a_seeded_permutation() -> None:
@@ -91,3 +103,153 @@ def test_paper_presets_read_mncs_sbd_split(tmp_path: Path, preset: str) -> None:
     image, target = train_set[0]
     assert min(image.shape[-2:]) == 600 or max(image.shape[-2:]) == 1000
     assert target["masks"].shape[-2:] == image.shape[-2:]
+
+
+# ----------------------------------------------------------------------------- sharing a step
+
+
+@pytest.mark.parametrize(
+    ("per_batch", "accumulate", "processes", "expected"),
+    [
+        (1, 8, 8, (1, 1)),  # the paper: 8 GPUs x 1 image = 1 image x 8 accumulated
+        (1, 8, 2, (1, 4)),
+        (8, 1, 2, (4, 1)),  # shapes-cpu on 2 processes: half a micro-batch each
+        (2, 2, 4, (1, 1)),
+        (2, 3, 2, (1, 3)),
+        (4, 2, 1, (4, 2)),  # on its own: the config as it is
+    ],
+)
+def test_split_step_shares_a_step_equally(per_batch, accumulate, processes, expected) -> None:
+    micro_batch, micro_batches = split_step(per_batch, accumulate, processes)
+    assert (micro_batch, micro_batches) == expected
+    assert micro_batch * micro_batches * processes == per_batch * accumulate
+    assert per_batch % micro_batch == 0  # a micro-batch lies inside one of the config's
+
+
+def test_split_step_refuses_a_step_it_cannot_share() -> None:
+    with pytest.raises(ValueError, match=r"3 x 1 images .* by 2 processes.*train.accumulate=2"):
+        split_step(3, 1, 2)
+
+
+def test_the_processes_share_each_step_as_one_process_sees_it() -> None:
+    cfg = shapes_cpu()
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, images_per_batch=2, accumulate=3)
+    )
+    one = StepSampler(40, cfg, steps_per_epoch=6)
+    shares = [
+        StepSampler(40, cfg, steps_per_epoch=6, world=World(rank=rank, size=3)) for rank in range(3)
+    ]
+    for sampler in (one, *shares):
+        sampler.set_epoch(2, first_step=1)
+    whole, parts = list(one), [list(share) for share in shares]
+    assert whole == epoch_order(40, seed=cfg.train.seed, epoch=2, flip=True)[6:36]
+    assert len(one) == 30 and [len(share) for share in shares] == [10, 10, 10]
+    for step in range(5):  # each step's 6 images: 2 per process, in order
+        shared = [key for part in parts for key in part[2 * step : 2 * step + 2]]
+        assert whole[6 * step : 6 * step + 6] == shared
+
+
+class _Sized(torch.utils.data.Dataset):
+    """Blank images of the given (height, width)."""
+
+    def __init__(self, sizes: list[tuple[int, int]]) -> None:
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int):
+        return torch.zeros(3, *self.sizes[index]), {"image_id": f"im{index}"}
+
+
+def test_image_orientations_from_images_or_file_headers(tmp_path: Path) -> None:
+    sizes = [(30, 40), (40, 30), (35, 35), (10, 90)]
+    assert image_orientations(_Sized(sizes)) == [True, False, True, True]
+
+    class Files(_Sized):  # the files are read only for their headers
+        def image_path(self, index: int) -> Path:
+            path = tmp_path / f"{index}.png"
+            Image.new("RGB", self.sizes[index][::-1]).save(path)
+            return path
+
+        def __getitem__(self, index: int):
+            raise AssertionError("the image was decoded")
+
+    assert image_orientations(Files(sizes)) == [True, False, True, True]
+
+
+def test_grouped_order_has_micro_batches_of_one_orientation() -> None:
+    landscape = [i % 3 != 0 for i in range(23)]  # 15 landscape, 8 portrait
+    plain = epoch_order(23, seed=4, epoch=1, flip=True)
+    grouped = epoch_order(23, seed=4, epoch=1, flip=True, landscape=landscape, batch_size=4)
+    assert sorted(grouped) == sorted(plain)  # the same images with the same flips
+    assert grouped != plain
+    assert grouped == epoch_order(23, seed=4, epoch=1, flip=True, landscape=landscape, batch_size=4)
+    batches = [grouped[start : start + 4] for start in range(0, 20, 4)]  # 3 + 2 whole runs
+    assert all(len({landscape[i] for i, _ in batch}) == 1 for batch in batches)
+    assert sum(landscape[batch[0][0]] for batch in batches) == 3
+    # nothing to group: one orientation, or micro-batches of 1 image
+    for values in ({"landscape": [True] * 23, "batch_size": 4}, {"landscape": landscape}):
+        assert epoch_order(23, seed=4, epoch=1, flip=True, **values) == plain
+
+
+def test_one_loader_serves_every_epoch_with_persistent_workers(tiny_shapes: Path) -> None:
+    cfg = _with_data(shapes_cpu(), root=str(tiny_shapes), num_workers=1)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, images_per_batch=2, accumulate=1, seed=5)
+    )
+    train_set, _ = build_datasets(cfg)
+    loader = train_loader(_NotePid(train_set), cfg, steps_per_epoch=3)
+    assert loader.persistent_workers and not loader.pin_memory
+    pids = set()
+    for epoch, first_step in [(0, 1), (1, 0), (2, 2)]:
+        loader.sampler.set_epoch(epoch, first_step=first_step)
+        in_workers = list(loader)
+        pids |= {t["pid"] for _, targets in in_workers for t in targets}
+        here = epoch_loader(
+            train_set, _with_data(cfg, num_workers=0), epoch=epoch, first_step=first_step,
+            steps_per_epoch=3,
+        )
+        expected = list(here)
+        assert len(in_workers) == len(expected) == 3 - first_step
+        for (images, targets), (images_here, targets_here) in zip(
+            in_workers, expected, strict=True
+        ):
+            assert [t["image_id"] for t in targets] == [t["image_id"] for t in targets_here]
+            # (a worker resizes with 1 thread: torch's bilinear resize then rounds differently)
+            torch.testing.assert_close(images, images_here, rtol=0, atol=1e-6)
+    assert len(pids) == 1 and os.getpid() not in pids  # one worker, the same for every epoch
+
+
+class _NotePid(torch.utils.data.Dataset):
+    """``dataset``, each target noting the process that loaded it."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, {**target, "pid": os.getpid()}
+
+
+def test_loader_groups_micro_batches_by_orientation_on_request() -> None:
+    sizes = [(30, 40) if i % 3 else (40, 30) for i in range(24)]  # 16 landscape, 8 portrait
+    cfg = _with_data(shapes_cpu(), flip=False)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, images_per_batch=4, accumulate=2, seed=2)
+    )
+    data = dataclasses.replace(cfg.data)
+    data.group_by_aspect = True  # (a setting of config.py: data.group_by_aspect)
+    grouped = dataclasses.replace(cfg, data=data)
+    for world in (World(), World(rank=1, size=2), World(rank=1, size=8)):
+        mixed = {}
+        for name, config in {"plain": cfg, "grouped": grouped}.items():
+            loader = train_loader(_Sized(sizes), config, steps_per_epoch=3, world=world)
+            loader.sampler.set_epoch(1)
+            mixed[name] = sum(len({image.shape for image in images}) > 1 for images, _ in loader)
+        assert mixed["grouped"] == 0, world  # every micro-batch of one orientation
+        assert mixed["plain"] > 0 or world.size == 8  # (8 processes: micro-batches of 1 image)

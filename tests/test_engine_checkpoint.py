@@ -103,6 +103,17 @@ def test_history_saved_under_old_loss_names_resumes_under_the_new_ones(tmp_path:
     assert state.history.val == [{"step": 1, "loss_cls_mask": 0.6, "total": 0.6}]
 
 
+def test_a_checkpoint_saved_before_a_setting_existed_resumes_with_its_default(
+    tmp_path: Path,
+) -> None:
+    _trained(tmp_path, max_steps=2, val_every=0)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    del checkpoint["config"]["data"]["group_by_aspect"]  # as saved before the field was added
+    state = _fresh_state(tmp_path, small_config(max_steps=3, val_every=0))
+    restore_checkpoint(state, checkpoint)
+    assert state.step == 2
+
+
 def test_load_model_returns_the_trained_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

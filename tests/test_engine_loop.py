@@ -1,5 +1,7 @@
 """The training loop with a fake model of MNC's interface: exact resume, data order, non-finite
-losses, stop requests, the lr schedule, gradient accumulation; and the real MNC resuming exactly.
+losses, stop requests, the lr schedule, gradient accumulation, the precision of AMP; and the real
+MNC resuming exactly (and, where CUDA is, training with AMP). Several processes:
+tests/test_engine_distributed.py.
 
 The fakes (FakeMNC, FakeInstances, small_config) are in tests/fakes.py.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -25,10 +28,11 @@ from fakes import (
 
 from mnc_teach.config import TrainConfig, shapes_cpu
 from mnc_teach.data.voc import VOCInstanceSegmentation
+from mnc_teach.engine import loop as loop_module
 from mnc_teach.engine.batches import epoch_order
 from mnc_teach.engine.checkpoint import load_checkpoint, load_model
 from mnc_teach.engine.inference import predict
-from mnc_teach.engine.loop import lr_factor, make_optimizer, train
+from mnc_teach.engine.loop import autocast_dtype, lr_factor, make_optimizer, train
 from mnc_teach.engine.state import TrainHistory
 
 
@@ -242,3 +246,37 @@ def test_real_mnc_resumes_exactly_and_predicts(tiny_shapes: Path, tmp_path: Path
     for result in results:
         assert result["image_id"] == val.image_ids[0]
         assert result["segmentation"]["size"] == [64, 64]
+
+
+def test_mixed_precision_is_bfloat16_where_native_else_float16_on_cuda_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert autocast_dtype(TrainConfig(amp=True), cpu) is None  # AMP on CUDA only
+    assert autocast_dtype(TrainConfig(amp=False), cuda) is None
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(loop_module, "_native_bf16", lambda device, native=native: native)
+        assert autocast_dtype(TrainConfig(amp=True), cuda) == dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_mnc_trains_with_mixed_precision_on_cuda(tiny_shapes: Path, tmp_path: Path) -> None:
+    """Two steps of build_mnc(shapes-cpu) with AMP on the GPU: finite losses; a GradScaler only
+    for float16."""
+    cfg = shapes_cpu()
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, root=str(tiny_shapes), min_size=64, max_size=64),
+        train=dataclasses.replace(cfg.train, images_per_batch=2, accumulate=1, max_steps=2,
+                                  val_every=0, amp=True),
+    )
+    seen = {}
+
+    class Note:
+        def on_train_end(self, state) -> None:
+            seen["scaler"] = state.scaler.is_enabled()
+
+    history = train(cfg, tmp_path, callbacks=[Note()], device="cuda")
+    assert [e["step"] for e in history.steps] == [1, 2]
+    assert all(math.isfinite(e["total"]) for e in history.steps)
+    assert seen["scaler"] == (autocast_dtype(cfg.train, torch.device("cuda")) == torch.float16)

@@ -5,4 +5,5 @@
     loop         train(cfg, out_dir): optimiser, the steps, validation losses
     checkpoint   atomic save / exact restore, load_model(path)
     inference    predict(model, dataset), predict_images, eval_mode, the device and CPU threads
+    distributed  torchrun: the process group, DDP, per-process seeds, the collectives the loop uses
 """

@@ -1,28 +1,36 @@
 """Which images each training step sees: the datasets of a config, a seeded epoch order with
-flips, and the loader that serves one epoch from any step on.
+flips (optionally grouped by orientation), how the processes of a torchrun share a step, and the
+loader that serves the epochs from any step on.
 
 The images of step ``s`` are a pure function of ``(seed, s)``: epoch ``e`` visits the training
 set in the order (and with the flips) drawn by ``numpy.random.default_rng([seed, e])``, so a
-resumed run skips to step ``s`` by index and sees what the uninterrupted run saw.
+resumed run skips to step ``s`` by index and sees what the uninterrupted run saw. With N
+processes (:mod:`mnc_teach.engine.distributed`) process ``r`` takes the ``r``-th of N equal
+slices of each step's images: together they see the images one process would.
 """
 
 from __future__ import annotations
 
+import math
 import signal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mnc_teach.config import MNCConfig
 from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.data.transforms import RandomHorizontalFlip, ResizeShortestSide, collate
 from mnc_teach.data.voc import VOCInstanceSegmentation, find_voc_dir
+from mnc_teach.engine.distributed import SINGLE_PROCESS, World
 
 __all__ = [
-    "FLIP_PROBABILITY", "FlipByKey", "build_datasets", "epoch_loader", "epoch_order", "to_device",
+    "FLIP_PROBABILITY", "FlipByKey", "StepSampler", "build_datasets", "epoch_loader", "epoch_order",
+    "image_orientations", "split_step", "to_device", "train_loader",
 ]
 
 FLIP_PROBABILITY = 0.5  # MNC trains on every image and its mirror (TRAIN.USE_FLIPPED, MNC_SPEC §7)
@@ -84,13 +92,118 @@ def _holds_voc_layout(root: Path) -> bool:
     return True
 
 
-def epoch_order(num_images: int, *, seed: int, epoch: int, flip: bool) -> list[tuple[int, bool]]:
+def epoch_order(
+    num_images: int,
+    *,
+    seed: int,
+    epoch: int,
+    flip: bool,
+    landscape: Sequence[bool] | None = None,
+    batch_size: int = 1,
+) -> list[tuple[int, bool]]:
     """``(dataset index, flip?)`` for every image of epoch ``epoch``; a function of ``seed`` and
-    ``epoch`` only."""
+    ``epoch`` only.
+
+    With ``landscape`` (one flag per image: width >= height) the order is grouped by orientation
+    as the official code groups it: runs of ``batch_size`` images of one orientation, in a seeded
+    order, so that a micro-batch pads no portrait image to a landscape one's width. The leftovers
+    of both orientations (fewer than ``batch_size`` each) end the epoch. Nothing changes when
+    all images share an orientation or ``batch_size`` is 1.
+    """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(num_images)
     flips = rng.random(num_images) < FLIP_PROBABILITY if flip else np.zeros(num_images, dtype=bool)
-    return list(zip(order.tolist(), flips.tolist(), strict=True))
+    keys = list(zip(order.tolist(), flips.tolist(), strict=True))
+    if landscape is None or batch_size == 1 or len(set(landscape)) < 2:
+        return keys
+    runs, leftovers = [], []
+    for wide in (True, False):
+        group = [key for key in keys if bool(landscape[key[0]]) == wide]  # in the seeded order
+        cut = len(group) - len(group) % batch_size
+        runs += [group[start : start + batch_size] for start in range(0, cut, batch_size)]
+        leftovers += group[cut:]
+    return [key for i in rng.permutation(len(runs)).tolist() for key in runs[i]] + leftovers
+
+
+def image_orientations(dataset: Dataset) -> list[bool]:
+    """Whether each image of ``dataset`` is landscape (width >= height): read from the file
+    headers when the dataset names its files (``image_path``), else from the loaded images.
+    Resizing and flipping keep an image's orientation."""
+    image_path = getattr(dataset, "image_path", None)
+    landscape = []
+    for index in range(len(dataset)):
+        if image_path is not None:
+            with Image.open(image_path(index)) as file:
+                width, height = file.size
+        else:
+            height, width = dataset[index][0].shape[-2:]
+        landscape.append(width >= height)
+    return landscape
+
+
+def split_step(images_per_batch: int, accumulate: int, world_size: int) -> tuple[int, int]:
+    """``(images per micro-batch, micro-batches per step)`` of each of ``world_size`` processes
+    sharing a step of ``images_per_batch x accumulate`` images.
+
+    Micro-batches keep their size and fewer are accumulated where that divides (8 processes
+    x 1 image make the paper's 1 image x 8 accumulated); otherwise they get smaller (a divisor of
+    ``images_per_batch``, so that a grouped micro-batch stays of one orientation).
+
+    Raises:
+        ValueError: the step's images cannot be shared equally among the processes.
+    """
+    per_step = images_per_batch * accumulate
+    if per_step % world_size:
+        multiple = world_size // math.gcd(images_per_batch, world_size)
+        raise ValueError(
+            f"a step of train.images_per_batch x train.accumulate = {images_per_batch} x "
+            f"{accumulate} images cannot be shared equally by {world_size} processes; make it a "
+            f"multiple of {world_size}, e.g. --set "
+            f"train.accumulate={-(-accumulate // multiple) * multiple}"
+        )
+    shared = math.gcd(accumulate, world_size)  # processes that split the micro-batches
+    return images_per_batch * shared // world_size, accumulate // shared
+
+
+class StepSampler(Sampler[tuple[int, bool]]):
+    """The ``(index, flip)`` keys one process feeds, one epoch at a time from a given step on.
+
+    Step ``s`` of epoch ``e`` is ``epoch_order(...)[s * P : (s + 1) * P]`` (P images per step);
+    process ``rank`` of ``world_size`` takes the ``rank``-th of its ``world_size`` equal
+    consecutive slices. So which images a step sees depends on ``(seed, s)`` only, however many
+    processes share it. Choose the epoch with :meth:`set_epoch` before each pass: one
+    ``DataLoader`` then serves every epoch and keeps its worker processes.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        cfg: MNCConfig,
+        *,
+        steps_per_epoch: int,
+        world: World = SINGLE_PROCESS,
+        landscape: Sequence[bool] | None = None,
+    ) -> None:
+        self.num_images, self.cfg, self.world, self.landscape = num_images, cfg, world, landscape
+        self.steps_per_epoch, self.epoch, self.first_step = steps_per_epoch, 0, 0
+        self.images_per_step = cfg.train.images_per_batch * cfg.train.accumulate
+        self.per_process = self.images_per_step // world.size
+
+    def set_epoch(self, epoch: int, *, first_step: int = 0) -> None:
+        """The next pass serves epoch ``epoch`` from its step ``first_step`` on."""
+        self.epoch, self.first_step = epoch, first_step
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        order = epoch_order(
+            self.num_images, seed=self.cfg.train.seed, epoch=self.epoch, flip=self.cfg.data.flip,
+            landscape=self.landscape, batch_size=self.cfg.train.images_per_batch,
+        )
+        for step in range(self.first_step, self.steps_per_epoch):
+            start = step * self.images_per_step + self.world.rank * self.per_process
+            yield from order[start : start + self.per_process]
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.first_step) * self.per_process
 
 
 class FlipByKey(Dataset):
@@ -105,23 +218,57 @@ class FlipByKey(Dataset):
         return self.mirror(image, target) if flip else (image, target)
 
 
-def epoch_loader(
-    dataset: Dataset, cfg: MNCConfig, *, epoch: int, first_step: int, steps_per_epoch: int
+def train_loader(
+    dataset: Dataset,
+    cfg: MNCConfig,
+    *,
+    steps_per_epoch: int,
+    world: World = SINGLE_PROCESS,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Micro-batches of epoch ``epoch`` from its step ``first_step`` on (earlier ones skipped by
-    index). The loader has its own seeded generator: the global RNG stays untouched."""
-    per_step = cfg.train.images_per_batch * cfg.train.accumulate
-    order = epoch_order(len(dataset), seed=cfg.train.seed, epoch=epoch, flip=cfg.data.flip)
-    keys = order[first_step * per_step : steps_per_epoch * per_step]
+    """The micro-batches this process trains on, for a whole run: call
+    ``loader.sampler.set_epoch(epoch, first_step=...)`` (:class:`StepSampler`) before each epoch.
+
+    ``cfg.data.num_workers`` processes load the images and stay for the whole run; with
+    ``pin_memory`` (on CUDA) batches arrive in page-locked memory, so copies to the GPU overlap
+    the computation. ``cfg.data.group_by_aspect`` groups micro-batches by orientation
+    (:func:`epoch_order`). The loader has its own seeded generator: the global RNG stays
+    untouched.
+    """
+    t, workers = cfg.train, cfg.data.num_workers
+    micro_batch, _ = split_step(t.images_per_batch, t.accumulate, world.size)
+    grouped = cfg.data.group_by_aspect and t.images_per_batch > 1
+    sampler = StepSampler(
+        len(dataset), cfg, steps_per_epoch=steps_per_epoch, world=world,
+        landscape=image_orientations(dataset) if grouped else None,
+    )
     return DataLoader(
         FlipByKey(dataset),
-        batch_size=cfg.train.images_per_batch,
-        sampler=keys,
+        batch_size=micro_batch,
+        sampler=sampler,
         collate_fn=collate,
-        num_workers=cfg.data.num_workers,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,  # safe: the sampler runs here, workers only load keys
         worker_init_fn=_ignore_interrupts,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
+        generator=torch.Generator().manual_seed(t.seed),
     )
+
+
+def epoch_loader(
+    dataset: Dataset,
+    cfg: MNCConfig,
+    *,
+    epoch: int,
+    first_step: int,
+    steps_per_epoch: int,
+    world: World = SINGLE_PROCESS,
+) -> DataLoader:
+    """Micro-batches of epoch ``epoch`` from its step ``first_step`` on (earlier ones skipped by
+    index): :func:`train_loader` set to that epoch."""
+    loader = train_loader(dataset, cfg, steps_per_epoch=steps_per_epoch, world=world)
+    loader.sampler.set_epoch(epoch, first_step=first_step)
+    return loader
 
 
 def _ignore_interrupts(worker_id: int) -> None:
@@ -136,7 +283,8 @@ def to_device(
     images = [image.to(device, non_blocking=True) for image in images]
     if targets is not None:
         targets = [
-            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in target.items()}
+            {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+             for k, v in target.items()}
             for target in targets
         ]
     return images, targets

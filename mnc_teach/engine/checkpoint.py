@@ -223,7 +223,10 @@ def restore_checkpoint(state: TrainState, checkpoint: dict[str, Any]) -> None:
         )
     changed = [
         k
-        for k in changed_settings(state.cfg.to_dict(), checkpoint["config"])
+        # through MNCConfig: a setting added since the checkpoint was saved gets its default
+        for k in changed_settings(
+            state.cfg.to_dict(), MNCConfig.from_dict(checkpoint["config"]).to_dict()
+        )
         if k not in RESUMABLE_CHANGES
     ]
     if changed:

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mnc_teach.config import MNCConfig
+from mnc_teach.engine.distributed import SINGLE_PROCESS, World
 from mnc_teach.fileio import write_text_atomically
 from mnc_teach.structures import LOSS_PREFIX, loss_terms
 
@@ -125,9 +126,13 @@ class TrainState:
     losses: dict[str, float] = field(default_factory=dict)  # last step: each term and "total"
     val_losses: dict[str, float] | None = None  # last validation
     lr: float = 0.0  # learning rate of the last step
-    images_per_s: float = 0.0
+    images_per_s: float = 0.0  # of all processes together
     elapsed_s: float = 0.0  # wall time of this session so far
     stop_requested: bool = False
+    # the processes training together (torchrun): callbacks run in process 0 only
+    world: World = SINGLE_PROCESS
+    # DistributedDataParallel(model) when several processes train: the training forward calls it
+    ddp_model: nn.Module | None = None
 
     @property
     def eta_s(self) -> float:
@@ -186,8 +191,9 @@ class ProgressPrinter:
     def on_train_start(self, state: TrainState) -> None:
         if self.bar:
             self._tqdm = tqdm(total=state.max_steps, initial=state.step, desc="train", unit="step")
-        steps_left = state.max_steps - state.step
-        self._print(f"training {steps_left} steps on {state.device} -> {state.checkpoint_path}")
+        steps_left, others = state.max_steps - state.step, state.world.size - 1
+        where = f"{state.device}" + (f" and {others} more processes" if others else "")
+        self._print(f"training {steps_left} steps on {where} -> {state.checkpoint_path}")
 
     def on_step_end(self, state: TrainState) -> None:
         if self._tqdm is not None:
