@@ -35,6 +35,8 @@ from mnc_teach.fileio import write_text_atomically
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COURSE_TITLE = "mnc-teach: Multi-task Network Cascades, built step by step in PyTorch"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+# exceptions a notebook raises to stop on purpose (mnc_teach.course.tracks): not failures
+DESIGNED_STOPS = ("StopNotebook", "DataMissing")
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 CELL_TIMEOUT_S = 300  # fast-mode cells take seconds; a stuck kernel fails in minutes, not hours
 FULL_CELL_TIMEOUT_S = 3600  # full-mode training cells take minutes on a CPU
@@ -86,6 +88,7 @@ class RenderResult:
     summary_html: str
     seconds: float
     error: str | None = None  # "cell 12 of 33 (code cell 7, `train(cfg)`): ValueError: ..."
+    stopped: str | None = None  # a designed stop (StopNotebook: no GPU, no data): its message
 
 
 def notebook_title_and_summary(notebook: nbformat.NotebookNode) -> tuple[str, str]:
@@ -148,11 +151,16 @@ def render_notebook(
         notebook, timeout=timeout_s, kernel_name="python3", store_widget_state=True,
         resources={"metadata": {"path": str(path.parent.resolve())}}, on_cell_start=remember_cell,
     )
-    error = None
+    error = stopped = None
     start = time.perf_counter()
     try:
         client.execute(env=env)
-    except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+    except CellExecutionError as exc:
+        if exc.ename in DESIGNED_STOPS:  # the notebook says what it needs and stops on purpose
+            stopped = exc.evalue
+        else:
+            error = f"{_describe_cell(notebook, current_cell['index'])}: {_error_summary(exc)}"
+    except (CellTimeoutError, DeadKernelError) as exc:
         error = f"{_describe_cell(notebook, current_cell['index'])}: {_error_summary(exc)}"
     seconds = time.perf_counter() - start
     exporter = HTMLExporter(template_name="lab", embed_images=True)
@@ -160,7 +168,9 @@ def render_notebook(
         notebook, resources={"metadata": {"name": title or path.stem}}
     )
     html_path = write_text_atomically(build_dir / f"{path.stem}.html", page)
-    return RenderResult(path, html_path, title or path.stem, summary_html, seconds, error)
+    return RenderResult(
+        path, html_path, title or path.stem, summary_html, seconds, error, stopped
+    )
 
 
 def index_page(results: list[RenderResult], fast: bool, total_seconds: float) -> str:
@@ -170,6 +180,8 @@ def index_page(results: list[RenderResult], fast: bool, total_seconds: float) ->
     for result in results:
         if result.error:
             status = f'<p class="failed">FAILED at {html.escape(result.error)}</p>'
+        elif result.stopped:
+            status = f'<p class="time">stopped: {html.escape(result.stopped)}</p>'
         else:
             status = f'<p class="time">executed in {result.seconds:.1f} s</p>'
         link = f'<a href="{html.escape(result.html_path.name)}">{html.escape(result.title)}</a>'
@@ -216,7 +228,10 @@ def render_course(
             path, build_dir, data_root=data_root, fast=fast, timeout_s=timeout_s
         )
         results.append(result)
-        outcome = f"FAILED at {result.error}" if result.error else "ok"
+        outcome = (
+            f"FAILED at {result.error}" if result.error
+            else f"stopped: {result.stopped}" if result.stopped else "ok"
+        )
         log(
             f"[{number}/{len(notebooks)}] {path.name}: {outcome}, {result.seconds:.1f} s "
             f"-> {result.html_path}"

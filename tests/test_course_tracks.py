@@ -52,3 +52,16 @@ def test_the_fast_voc_track_trains_the_vgg16_cascade_on_the_fixture(tmp_path: Pa
 def test_an_unknown_track_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TRACK is 'coco'; choose one of 'shapes', 'voc'"):
         course_track("coco", data_root=tmp_path)
+
+
+def test_the_fast_voc_track_has_anchors_that_fit_its_images(tmp_path: Path) -> None:
+    """Stage 1 trains in fast mode: some anchor covers an object well (positive labels)."""
+    root = build_voc_and_sbd(tmp_path / "data")
+    track = course_track("voc", data_root=root, fast=True, device="cpu")
+    track.prepare()
+    train_set, _ = build_datasets(track.cfg)
+    torch.manual_seed(0)
+    model = build_mnc(track.cfg).train()
+    images, targets = collate([train_set[0], train_set[1]])
+    _, losses = model(images, targets)
+    assert losses["loss_rpn_box"] > 0  # a positive anchor has a box-regression loss

@@ -122,6 +122,29 @@ def test_failing_notebook_is_named_with_its_cell_and_the_others_still_render(
     assert "A lesson that works." in index  # the first paragraph as the summary
 
 
+def test_a_notebook_that_stops_on_purpose_is_rendered_as_stopped_not_failed(
+    tmp_path: Path, render_course, capsys
+) -> None:
+    notebook_dir = tmp_path / "notebooks"
+    notebook_dir.mkdir()
+    write_notebook(
+        notebook_dir / "09_gpu.ipynb",
+        "09 · Needs a GPU",
+        ["from mnc_teach.course.tracks import StopNotebook\nprint('checking')",
+         "raise StopNotebook('no GPU here: run it on a machine with one')", "print('never')"],
+        "A lesson that needs what this machine lacks.",
+    )
+    build = tmp_path / "build"
+
+    status = render_course.main(["--notebook-dir", str(notebook_dir), "--build-dir", str(build)])
+
+    assert status == 0 and "failed" not in capsys.readouterr().err
+    page = (build / "09_gpu.html").read_text()
+    assert "The notebook stops here." in page and "Traceback" not in page
+    assert page.count("never") == 1  # in the last cell's source only: that cell did not run
+    assert "stopped: no GPU here: run it on a machine with one" in (build / "index.html").read_text()
+
+
 def test_channel_reads_wait_in_one_second_slices(render_course) -> None:
     """A missed wake-up costs at most a slice, not the whole timeout; the timeout still holds."""
     calls: list[float | None] = []

@@ -26,13 +26,22 @@ from mnc_teach.data.shapes import generate_shapes
 from mnc_teach.data.voc import MNC_SPLITS, find_sbd_dir, find_voc_dir, make_mnc_split
 from mnc_teach.engine.inference import resolve_device
 
-__all__ = ["TRACKS", "DataMissing", "Track", "course_track"]
+__all__ = ["TRACKS", "DataMissing", "StopNotebook", "Track", "course_track"]
 
 TRACKS = {"shapes": "shapes-cpu", "voc": "voc-vgg16-paper"}  # track -> its preset
 SHAPES_FOLDER = "shapes"  # the shapes data lives in DATA_ROOT/shapes; VOC and SBD in DATA_ROOT
 
 
-class DataMissing(RuntimeError):
+class StopNotebook(Exception):
+    """Ends a notebook's "Run All" at the cell that raises it, showing only its message: IPython
+    prints what ``_render_traceback_`` returns instead of a traceback, and no later cell runs.
+    ``scripts/render_course.py`` renders such a notebook as stopped, not failed."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\033[1;31mThe notebook stops here.\033[0m {self}"]
+
+
+class DataMissing(StopNotebook, RuntimeError):
     """The track's data is not there; the message says what is missing and how to get it."""
 
 
@@ -84,7 +93,8 @@ def course_track(
     """The track called ``name`` (see :data:`TRACKS`) on ``data_root``.
 
     Fast mode keeps the shapes preset as it is and shrinks the voc one to sizes a CPU runs in
-    seconds (64-96 px images, fewer proposals and RoIs, 256-d fcs, no ImageNet download): the
+    seconds (64-96 px images with 32-128 px anchors, fewer proposals and RoIs, 256-d fcs, no
+    ImageNet download): the
     tests run the voc track on a tiny VOC/SBD fixture that way.
     """
     if name not in TRACKS:
@@ -107,9 +117,12 @@ def _tiny_voc(cfg: MNCConfig) -> MNCConfig:
     return dataclasses.replace(
         cfg,
         backbone=dataclasses.replace(cfg.backbone, pretrained=False),
-        rpn=dataclasses.replace(cfg.rpn, pre_nms_top_n_train=300, post_nms_top_n_train=50,
-                                pre_nms_top_n_test=300, post_nms_top_n_test=50, min_size=4.0),
-        roi=dataclasses.replace(cfg.roi, batch_size=16),
+        # anchors of 32-128 px (base 16 x 2, 4, 8): the paper's 128-512 px do not fit the images
+        rpn=dataclasses.replace(cfg.rpn, anchor_scales=(2, 4, 8), pre_nms_top_n_train=300,
+                                post_nms_top_n_train=50, pre_nms_top_n_test=300,
+                                post_nms_top_n_test=50, min_size=4.0),
+        # 7 x 7 RoI features warped directly: half the fc6 weights (26 M parameters, not 56 M)
+        roi=dataclasses.replace(cfg.roi, batch_size=16, output_size=7, warp_pool=1),
         classifier=dataclasses.replace(cfg.classifier, fc_dim=256),
         data=dataclasses.replace(cfg.data, min_size=64, max_size=96),
         train=dataclasses.replace(cfg.train, images_per_batch=2, accumulate=1),
