@@ -191,9 +191,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mnc_teach.engine.checkpoint import load_model
     from mnc_teach.engine.inference import cpu_threads, predict
     from mnc_teach.evaluation.coco import save_predictions
+    from mnc_teach.stage3_classify import compress_fc_layers
 
     _check_output_file(args.out, flag="--out", inputs={"--checkpoint": args.checkpoint})
     model, cfg = load_model(args.checkpoint, device=args.device)
+    if args.svd:  # after loading: the compressed model has other state-dict keys
+        compress_fc_layers(model, fc6_rank=args.fc6_rank, fc7_rank=args.fc7_rank)
+        print(f"fc6/fc7 compressed by truncated SVD (ranks: {args.fc6_rank or 'fc width / 4'}, "
+              f"{args.fc7_rank or 'fc width / 16'})")
     # the scale the model was trained at
     resize = ResizeShortestSide(cfg.data.min_size, cfg.data.max_size)
     dataset = VOCInstanceSegmentation(
@@ -319,6 +324,15 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--split", default="val", help="image list to predict (default: val)")
     predict.add_argument("--out", required=True, help="COCO results JSON to write")
     predict.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
+    predict.add_argument(
+        "--svd", action="store_true",
+        help="compress fc6/fc7 by truncated SVD first (Fast R-CNN 3.1): faster, slightly less "
+        "accurate",
+    )
+    predict.add_argument("--fc6-rank", type=int, default=None,
+                         help="with --svd: fc6's rank (default: the fc width / 4)")
+    predict.add_argument("--fc7-rank", type=int, default=None,
+                         help="with --svd: fc7's rank (default: the fc width / 16)")
     predict.set_defaults(run=_cmd_predict)
 
 

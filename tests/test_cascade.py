@@ -1,5 +1,6 @@
 """The whole cascade: output shapes and loss keys (3 and 5 stages), the detach_boxes switch,
-and overfitting one shapes image (every loss term falls)."""
+overfitting one shapes image (every loss term falls), and inference shortcuts (the
+no-gradient max pool, the truncated SVD of fc6/fc7) keeping the detections."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mnc_teach.boxes import masks_to_boxes
 from mnc_teach.cascade import MNC, batch_images, build_mnc, refine_boxes
 from mnc_teach.config import override, shapes_cpu
 from mnc_teach.engine.loop import make_optimizer
+from mnc_teach.stage3_classify import compress_fc_layers
 from mnc_teach.structures import empty_target
 
 STAGE_123_KEYS = {
@@ -112,6 +114,48 @@ def test_inference_detections(inference_stages: int) -> None:
         _, val_losses_b = model([image], [target])
     assert set(val_losses_a) == STAGE_123_KEYS | STAGE_45_KEYS
     assert all(torch.equal(val_losses_a[k], val_losses_b[k]) for k in val_losses_a)
+
+
+def assert_same_detections(found: list[dict], expected: list[dict]) -> None:
+    for det, ref in zip(found, expected, strict=True):
+        assert torch.equal(det["labels"], ref["labels"])
+        for key in ("boxes", "scores", "masks"):
+            assert torch.allclose(det[key], ref[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_inference_without_gradient_keeps_the_detections() -> None:
+    """Under no_grad the classifier's 2 x 2 max pool takes its fast path (the maximum of 4
+    strided views); with gradient enabled it is max_pool2d: the same detections."""
+    torch.manual_seed(0)
+    cfg = override(small_config(), "roi.output_size", 8)
+    cfg = override(cfg, "classifier.pathway_pool", 2)
+    model = build_mnc(cfg).eval()
+    image, _ = square_scene()
+    with torch.no_grad():
+        fast, _ = model([image, image.flip(-1)])
+    with torch.enable_grad():  # parameters require gradients: max_pool2d
+        reference, _ = model([image, image.flip(-1)])
+    assert fast[0]["boxes"].shape[0] > 0
+    assert_same_detections(fast, reference)
+
+
+def test_compressed_model_keeps_the_detections_of_weights_of_that_rank() -> None:
+    """compress_fc_layers on an MNC whose fc6 / fc7 weights have rank 6: a rank-6 truncated
+    SVD is exact, so the detections stay (up to float32 rounding)."""
+    torch.manual_seed(0)
+    model = build_mnc(small_config()).eval()
+    with torch.no_grad():
+        for pathway in (model.classifier.mask_pathway, model.classifier.box_pathway):
+            for layer in (pathway[0], pathway[2]):
+                u, s, vh = torch.linalg.svd(layer.weight, full_matrices=False)
+                layer.weight.copy_(u[:, :6] @ torch.diag(s[:6]) @ vh[:6])
+    image, _ = square_scene()
+    with torch.no_grad():
+        before, _ = model([image])
+        compress_fc_layers(model, fc6_rank=6, fc7_rank=6)
+        after, _ = model([image])
+    assert isinstance(model.classifier.box_pathway[2], torch.nn.Sequential)
+    assert_same_detections(after, before)
 
 
 def test_image_without_instances_trains() -> None:

@@ -323,3 +323,18 @@ def test_train_refuses_to_overwrite_a_run_and_names_missing_data(
         == 1
     )
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_predict_with_svd_compresses_the_real_model_and_names_a_bad_rank(
+    shapes_root: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(_train_argv(out, shapes_root, "--steps", "1", "--set", "train.accumulate=1")) == 0
+    argv = ["predict", "--checkpoint", str(out / "checkpoint.pt"), "--dataset-root",
+            str(shapes_root), "--out", str(tmp_path / "p.json"), "--device", "cpu", "--svd"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "fc6/fc7 compressed by truncated SVD" in capsys.readouterr().out
+    assert main([*argv, "--fc6-rank", "256"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "fc6" in err and err.count("\n") == 1

@@ -1,6 +1,6 @@
 """Tests for mnc_teach/postprocess.py: mask pasting against torchvision's paste_masks_in_image,
-per-class NMS against torchvision.ops.batched_nms, and mask voting against hand-computed
-averages."""
+per-class NMS against torchvision.ops.batched_nms, mask voting against hand-computed
+averages, and the voted masks' tight boxes against torchvision.ops.masks_to_boxes."""
 
 from __future__ import annotations
 
@@ -240,3 +240,16 @@ def test_large_image_path_equals_small_image_path(voting, monkeypatch):
     assert large["masks"].shape[0] > 0
     for key in ("boxes", "labels", "scores", "masks"):
         assert torch.allclose(small[key].float(), large[key].float(), atol=1e-5), key
+
+
+def test_tight_boxes_of_voted_masks_equal_torchvision_and_keep_the_box_of_an_empty_one():
+    gen = torch.Generator().manual_seed(3)
+    masks = torch.rand(4, 20, 30, generator=gen) * 0.5  # a fifth of the pixels >= 0.4
+    masks[2] = 0.1  # nothing >= 0.4: keeps its candidate box
+    fallback = torch.arange(16, dtype=torch.float32).view(4, 4)
+    boxes = postprocess_module._tight_boxes(masks, 0.4, fallback=fallback)
+    binary = masks >= 0.4
+    for d in (0, 1, 3):
+        expected = torchvision.ops.masks_to_boxes(binary[d][None])[0] + INCLUSIVE
+        assert torch.equal(boxes[d], expected)
+    assert torch.equal(boxes[2], fallback[2])

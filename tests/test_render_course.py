@@ -142,7 +142,8 @@ def test_a_notebook_that_stops_on_purpose_is_rendered_as_stopped_not_failed(
     page = (build / "09_gpu.html").read_text()
     assert "The notebook stops here." in page and "Traceback" not in page
     assert page.count("never") == 1  # in the last cell's source only: that cell did not run
-    assert "stopped: no GPU here: run it on a machine with one" in (build / "index.html").read_text()
+    index = (build / "index.html").read_text()
+    assert "stopped: no GPU here: run it on a machine with one" in index
 
 
 def test_channel_reads_wait_in_one_second_slices(render_course) -> None:

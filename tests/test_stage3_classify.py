@@ -1,6 +1,7 @@
 """Tests for mnc_teach/stage3_classify.py: mask pooling against an explicit resize, the head's
 shapes and weight loading, mask-level labels against a brute-force full-image mask IoU, and
-the losses against hand-computed values."""
+the losses against hand-computed values, the inference max pool against max_pool2d, and the
+truncated-SVD compression of fc6/fc7 against torch.linalg.svdvals."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mnc_teach.stage2_masks import mask_targets
 from mnc_teach.stage3_classify import (
     ClassifierHead,
     ClassifierOutput,
+    _max_pool,
     classifier_losses,
+    compress_fc_layers,
     mask_level_labels,
     mask_pool,
+    truncated_svd_linear,
 )
 
 # --- mask pooling -----------------------------------------------------------------------------
@@ -87,6 +92,129 @@ def test_load_fc_weights_initialises_both_pathways():
             assert torch.equal(pathway[index].bias, fc_state[f"{name}.bias"])
     # copies, not shared
     assert head.mask_pathway[0].weight.data_ptr() != head.box_pathway[0].weight.data_ptr()
+
+
+@pytest.mark.parametrize("kernel, side", [(2, 14), (2, 7), (3, 10)])
+def test_max_pool_equals_max_pool2d_with_and_without_gradient(kernel, side):
+    gen = torch.Generator().manual_seed(kernel + side)
+    # ReLU'd features: many tied zeros in a window, where the gradients of max_pool2d and
+    # torch.maximum differ
+    x = torch.randn(3, 4, side, side, generator=gen).relu()
+    with torch.no_grad():
+        assert torch.equal(_max_pool(x, kernel), F.max_pool2d(x, kernel))
+    x.requires_grad_(True)
+    reference = x.detach().clone().requires_grad_(True)
+    upstream = torch.randn(F.max_pool2d(reference, kernel).shape, generator=gen)
+    _max_pool(x, kernel).backward(upstream)
+    F.max_pool2d(reference, kernel).backward(upstream)
+    assert torch.equal(x.grad, reference.grad)
+
+
+# --- truncated SVD of fc6 / fc7 (Fast R-CNN §3.1) ----------------------------------------------
+
+
+@pytest.mark.parametrize("in_features, out_features", [(12, 5), (6, 9), (7, 7)])
+def test_truncated_svd_linear_at_full_rank_reproduces_the_layer(in_features, out_features):
+    torch.manual_seed(0)
+    layer = nn.Linear(in_features, out_features).double()
+    svd = truncated_svd_linear(layer, min(in_features, out_features))
+    x = torch.randn(4, in_features, dtype=torch.float64)
+    assert svd[0].bias is None and torch.equal(svd[1].bias, layer.bias)
+    assert torch.allclose(svd(x), layer(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_features, out_features, rank", [(40, 16, 5), (16, 30, 7)])
+def test_truncated_svd_linear_drops_the_smallest_singular_values(in_features, out_features, rank):
+    torch.manual_seed(1)
+    layer = nn.Linear(in_features, out_features).double()
+    svd = truncated_svd_linear(layer, rank)
+    weight = layer.weight.detach()
+    sigma = torch.linalg.svdvals(weight)  # the reference, descending
+    approx = (svd[1].weight @ svd[0].weight).detach()  # W_t = U_t Sigma_t V_t^T (u, v)
+    # Eckart-Young: the Frobenius error is the norm of the dropped singular values, and W_t
+    # keeps the t largest
+    error = torch.linalg.matrix_norm(weight - approx)
+    assert math.isclose(error.item(), sigma[rank:].square().sum().sqrt().item(), rel_tol=1e-9)
+    assert torch.allclose(torch.linalg.svdvals(approx)[:rank], sigma[:rank], atol=1e-10)
+    residual_sigma = torch.linalg.svdvals(weight - approx)  # the dropped ones, then zeros
+    assert torch.allclose(residual_sigma[: sigma.numel() - rank], sigma[rank:], atol=1e-10)
+    if out_features <= in_features:  # Fast R-CNN's split: Sigma_t V_t^T, then U_t
+        assert torch.allclose(svd[0].weight.norm(dim=1), sigma[:rank], atol=1e-10)
+        identity = torch.eye(rank, dtype=torch.float64)
+        assert torch.allclose(svd[1].weight.T @ svd[1].weight, identity, atol=1e-10)
+
+
+def low_rank_head(rank: int) -> ClassifierHead:
+    """A float64 head whose fc6 and fc7 weights have rank ``rank`` exactly."""
+    torch.manual_seed(2)
+    head = ClassifierHead(in_channels=3, roi_size=4, num_classes=2, fc_dim=10).double()
+    with torch.no_grad():
+        for pathway in (head.mask_pathway, head.box_pathway):
+            for layer in (pathway[0], pathway[2]):
+                out_features, in_features = layer.weight.shape
+                left = torch.randn(out_features, rank, dtype=torch.float64)
+                layer.weight.copy_(left @ torch.randn(rank, in_features, dtype=torch.float64))
+    return head
+
+
+def test_compress_fc_layers_keeps_the_outputs_of_weights_of_that_rank():
+    """fc6 (48 -> 10) and fc7 (10 -> 10) of rank 4: a rank-4 compression is exact."""
+    head = low_rank_head(rank=4)
+    features = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    masks = torch.rand(6, 5, 5, dtype=torch.float64)
+    before = head(features, masks)
+
+    class Model(nn.Module):  # stands for cascade.MNC: the head is its .classifier
+        def __init__(self):
+            super().__init__()
+            self.classifier = head
+
+    model = Model()
+    assert compress_fc_layers(model, fc6_rank=4, fc7_rank=4) is model
+    after = head(features, masks)
+    for name in ("mask_cls_logits", "box_cls_logits", "box_deltas"):
+        assert torch.allclose(getattr(after, name), getattr(before, name), rtol=0, atol=1e-10)
+    # a lower rank than the weights' changes the outputs
+    lower = compress_fc_layers(low_rank_head(rank=4), fc6_rank=2, fc7_rank=2)
+    assert not torch.allclose(lower(features, masks).mask_cls_logits, before.mask_cls_logits)
+
+
+def test_compress_fc_layers_default_ranks_are_fast_rcnns_fractions_of_the_fc_width():
+    """VGG-16's 4096-d fcs: 1024 and 256 [Fast R-CNN §3.1]; here 64-d fcs: 16 and 4."""
+    head = compress_fc_layers(ClassifierHead(in_channels=8, roi_size=4, num_classes=2, fc_dim=64))
+    for pathway in (head.mask_pathway, head.box_pathway):
+        assert pathway[0][0].out_features == 64 // 4 and pathway[2][0].out_features == 64 // 16
+
+
+def test_compress_fc_layers_parameter_count():
+    head = ClassifierHead(in_channels=4, roi_size=6, num_classes=3, fc_dim=20, pathway_pool=2)
+    fc6_in, fc_dim, fc6_rank, fc7_rank = 4 * 3 * 3, 20, 8, 5
+    before = sum(p.numel() for p in head.parameters())
+    compress_fc_layers(head, fc6_rank=fc6_rank, fc7_rank=fc7_rank)
+    after = sum(p.numel() for p in head.parameters())
+    # per pathway: u * v weights become t * (u + v); biases unchanged
+    saved_per_pathway = (
+        fc6_in * fc_dim - fc6_rank * (fc6_in + fc_dim) + fc_dim * fc_dim - fc7_rank * 2 * fc_dim
+    )
+    assert before - after == 2 * saved_per_pathway
+    assert head.mask_pathway[0][0].weight.shape == (fc6_rank, fc6_in)
+    assert head.box_pathway[2][1].weight.shape == (fc_dim, fc7_rank)
+
+
+def test_compress_fc_layers_refuses_ranks_that_do_not_compress_and_a_second_pass():
+    head = ClassifierHead(in_channels=2, roi_size=4, num_classes=2, fc_dim=16)
+    with pytest.raises(ValueError, match=r"fc6_rank 8 must be in 1\.\.7"):
+        compress_fc_layers(head, fc6_rank=8)  # fc6 is Linear(8, 16)
+    with pytest.raises(ValueError, match=r"fc7_rank 16 must be in 1\.\.15"):
+        compress_fc_layers(head, fc6_rank=4, fc7_rank=16)
+    assert isinstance(head.mask_pathway[0], nn.Linear)  # nothing changed by a refusal
+    compress_fc_layers(head, fc6_rank=4, fc7_rank=8)
+    with pytest.raises(ValueError, match="compressed already"):
+        compress_fc_layers(head, fc6_rank=4, fc7_rank=8)
+    with pytest.raises(TypeError, match="ClassifierHead"):
+        compress_fc_layers(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match=r"rank 0 must be in 1\.\.3"):
+        truncated_svd_linear(nn.Linear(3, 5), 0)
 
 
 # --- mask-level labels ------------------------------------------------------------------------
