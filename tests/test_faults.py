@@ -45,6 +45,7 @@ from mnc_teach.engine.checkpoint import load_checkpoint, load_model
 from mnc_teach.engine.inference import predict
 from mnc_teach.engine.loop import train
 from mnc_teach.evaluation.coco import encode_mask, save_predictions
+from mnc_teach.roi_warp import roi_warp_pool
 from mnc_teach.stage2_masks import mask_targets
 from mnc_teach.structures import check_targets
 
@@ -683,6 +684,22 @@ def test_nan_boxes_never_reach_a_compiled_op() -> None:
     masks = torch.zeros(1, 16, 16, dtype=torch.uint8)
     with pytest.raises(FloatingPointError, match="mask targets: 1 of 2 boxes"):
         mask_targets(masks, torch.tensor([0, 0]), boxes, mask_size=7)
+
+
+@handled
+def test_non_finite_boxes_to_the_sparse_roi_warp_do_not_crash_it() -> None:
+    """The warp builds sparse indices from the boxes: NaN, inf or huge boxes must stay in range
+    (an out-of-range sparse index can crash the process) and leave the other RoIs intact."""
+    features = torch.randn(1, 8, 10, 12, requires_grad=True)
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e30):
+        rois = torch.tensor([[0, 1.0, 2.0, 30.0, 40.0], [0, bad, 2.0, 5.0, bad]],
+                            requires_grad=True)
+        for pool in (1, 2):
+            reference = roi_warp_pool(features, rois[:1], output_size=3, spatial_scale=0.25,
+                                      pool=pool)
+            out = roi_warp_pool(features, rois, output_size=3, spatial_scale=0.25, pool=pool)
+            out.sum().backward()
+            assert torch.equal(out[:1], reference) and rois.grad is not None
 
 
 @handled
