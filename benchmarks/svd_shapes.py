@@ -32,23 +32,15 @@ import torch
 
 # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mnc_teach.config import get_preset, override, shortened  # noqa: E402
-from mnc_teach.data import generate_shapes  # noqa: E402
+from train_shapes import NUM_TRAIN, NUM_VAL, PRESET, REPO, percent, shapes_config  # noqa: E402
+
+from mnc_teach.config import override  # noqa: E402
 from mnc_teach.engine.batches import build_datasets  # noqa: E402
 from mnc_teach.engine.checkpoint import load_model  # noqa: E402
 from mnc_teach.engine.inference import predict, predict_images  # noqa: E402
 from mnc_teach.engine.loop import train  # noqa: E402
 from mnc_teach.evaluation.report import evaluate_predictions  # noqa: E402
 from mnc_teach.stage3_classify import compress_fc_layers  # noqa: E402
-
-PRESET = "shapes-cpu"
-REPO = Path(__file__).resolve().parents[1]
-NUM_TRAIN, NUM_VAL = 1000, 200  # the course's shapes dataset (notebook 00)
-
-
-def _points(value: float | None) -> str:
-    """AP in percent; evaluate_predictions gives None when no class has ground truth."""
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _change(before: float | None, after: float | None) -> str:
@@ -84,12 +76,9 @@ def main() -> None:
         print(f"checkpoint {args.checkpoint} ({cfg.preset}), {len(val_set)} val images")
     else:
         data_root = args.data_root or str(REPO / "data" / "shapes")
-        generate_shapes(
-            data_root, seed=0, num_train=args.num_train, num_val=args.num_val, progress=False
+        cfg = shapes_config(
+            data_root, num_train=args.num_train, num_val=args.num_val, steps=args.steps
         )
-        cfg = override(get_preset(PRESET), "data.root", data_root)
-        if args.steps is not None:
-            cfg = shortened(cfg, args.steps)
         train_set, val_set = build_datasets(cfg)
         print(f"{PRESET}: training {cfg.train.max_steps} steps on {len(train_set)} images")
         start = time.perf_counter()
@@ -120,8 +109,8 @@ def main() -> None:
     for label, (report, seconds, parameters) in rows.items():
         aps = [report[f"mAP_r@{t}"][kind] for kind in ("area", "voc07") for t in ("0.5", "0.7")]
         print(
-            f"{label:24s} {parameters:17,d} {seconds:9.1f} {_points(aps[0]):>10s} "
-            f"{_points(aps[1]):>6s} {_points(aps[2]):>10s} {_points(aps[3]):>6s}"
+            f"{label:24s} {parameters:17,d} {seconds:9.1f} {percent(aps[0]):>10s} "
+            f"{percent(aps[1]):>6s} {percent(aps[2]):>10s} {percent(aps[3]):>6s}"
         )
     (before, *_), (after, *_) = rows.values()
     changes = [

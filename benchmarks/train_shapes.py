@@ -39,9 +39,20 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 1000, 200  # the course's shapes dataset (notebook 00)
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
     """AP in percent; evaluate_predictions gives None when no class has ground truth."""
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def shapes_config(
+    data_root: str, *, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL, steps: int | None = None
+):
+    """The preset on ``data_root`` (the dataset is generated there when missing), its schedule
+    shortened to ``steps`` when given (``config.shortened``). benchmarks/svd_shapes.py uses it
+    too."""
+    generate_shapes(data_root, seed=0, num_train=num_train, num_val=num_val, progress=False)
+    cfg = override(get_preset(PRESET), "data.root", data_root)
+    return cfg if steps is None else shortened(cfg, steps)
 
 
 def main() -> None:
@@ -67,12 +78,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    generate_shapes(
-        args.data_root, seed=0, num_train=args.num_train, num_val=args.num_val, progress=False
+    cfg = shapes_config(
+        args.data_root, num_train=args.num_train, num_val=args.num_val, steps=args.steps
     )
-    cfg = override(get_preset(PRESET), "data.root", args.data_root)
-    if args.steps is not None:
-        cfg = shortened(cfg, args.steps)
     t = cfg.train
     train_set, val_set = build_datasets(cfg)
     print(
@@ -110,8 +118,8 @@ def main() -> None:
     for threshold in ("0.5", "0.7"):
         aps = report[f"mAP_r@{threshold}"]
         print(
-            f"mAP^r@{threshold}: {_percent(aps['area'])} (area)  "
-            f"{_percent(aps['voc07'])} (VOC07 11-point)"
+            f"mAP^r@{threshold}: {percent(aps['area'])} (area)  "
+            f"{percent(aps['voc07'])} (VOC07 11-point)"
         )
     print(report["table"])
 
