@@ -1,4 +1,4 @@
-"""Anchors for stage 1 (the RPN), as pure functions (MNC_SPEC §2).
+"""Anchors for stage 1 (the RPN), as pure functions (docs/paper_vs_code.md: stage 1).
 
 An anchor is a reference box placed at every cell of the feature map; the RPN predicts,
 for each anchor, an objectness score and the deltas that move it onto an object.
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 # conv5_3 of VGG-16: one feature cell per 16 x 16 pixels
-# [code: MNC/models/VGG16/mnc_5stage/train.prototxt, feat_stride; MNC_SPEC §2]
+# [code: MNC/models/VGG16/mnc_5stage/train.prototxt, feat_stride; docs/paper_vs_code.md: stage 1]
 FEATURE_STRIDE = 16
 
 
@@ -55,7 +55,7 @@ def generate_base_anchors(
       base_size box is reshaped to the ratio with whole-pixel sides
       (``w = round(sqrt(base_size**2 / ratio))``, ``h = round(w * ratio)``; half-way
       values round to even, like ``numpy.round``), then both sides are multiplied by
-      the scale. With the defaults this gives the sizes listed in MNC_SPEC §2:
+      the scale. With the defaults this gives the sizes listed in docs/paper_vs_code.md: stage 1:
       184x96, 368x192, 736x384 (ratio 0.5), 128², 256², 512², 88x176, 176x352, 352x704.
 
     Args:
@@ -129,7 +129,8 @@ def anchors_inside_image(
     """Which anchors lie fully inside the image (up to ``allowed_border`` pixels outside).
 
     Stage 1 ignores the other anchors during training (``allowed_border = 0``,
-    MNC_SPEC §2, ``MNC/lib/pylayer/anchor_target_layer.py``). The official test on
+    docs/paper_vs_code.md: stage 1, ``MNC/lib/pylayer/anchor_target_layer.py``). The official test
+    on
     inclusive corners, ``x2 < W + border``, reads ``x2 <= W + border`` in continuous
     coordinates, because the continuous right edge is the inclusive one plus 1.
 

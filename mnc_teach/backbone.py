@@ -1,4 +1,4 @@
-"""Backbones: the shared convolutional trunk all stages read from (MNC_SPEC §1).
+"""Backbones: the shared convolutional trunk all stages read from (docs/paper_vs_code.md).
 
     tiny      a 6-conv CNN for the 128 x 128 shapes images: stride 8, trains from scratch on
               a CPU.

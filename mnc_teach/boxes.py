@@ -138,7 +138,8 @@ def encode_boxes(
 
     Stage 1 (RPN) uses ``weights = RPN_BOX_WEIGHTS = (1, 1, 1, 1)``. Stage 3 uses
     ``config.ClassifierConfig.box_weights = (10, 10, 5, 5)``: the official code divides its
-    targets by the stds (0.1, 0.1, 0.2, 0.2) (MNC_SPEC §4), which is the same as these weights.
+    targets by the stds (0.1, 0.1, 0.2, 0.2) (docs/paper_vs_code.md: stages 2-3), which is the same
+    as these weights.
 
     Same result as ``torchvision.models.detection._utils.BoxCoder(weights).encode_single(
     gt_boxes, ref_boxes)`` (torchvision calls the ground truth "reference_boxes" there).
@@ -247,7 +248,7 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of the boxes whose width and height are both at least ``min_size``.
 
     Stage 1 drops proposals smaller than 16 px at the original image scale
-    (``RPN_MIN_SIZE``, MNC_SPEC §2); pass ``16 * image_scale``. Same result as
+    (``RPN_MIN_SIZE``, docs/paper_vs_code.md: stage 1); pass ``16 * image_scale``. Same result as
     ``torchvision.ops.remove_small_boxes``.
 
     Args:
@@ -288,7 +289,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Args:
         boxes (Tensor[B, 4], float, xyxy pixels)
         scores (Tensor[B], float): higher is better.
-        iou_threshold: e.g. 0.7 for RPN proposals, 0.3 per class at test time (MNC_SPEC §2, §8).
+        iou_threshold: e.g. 0.7 for RPN proposals, 0.3 per class at test time
+        (docs/paper_vs_code.md: stage 1, inference).
 
     Returns:
         keep (Tensor[num_kept], int64): indices of the kept boxes, by decreasing score.
@@ -300,7 +302,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_threshold:
     """NMS run independently within each label (``torchvision.ops.batched_nms``).
 
     Boxes with different labels never suppress each other. This is the per-class NMS of
-    MNC's post-processing (MNC_SPEC §8). Equal to running :func:`nms` on each label's
+    MNC's post-processing (docs/paper_vs_code.md: inference). Equal to running :func:`nms` on each
+    label's
     boxes and merging the kept indices by decreasing score.
 
     Args:

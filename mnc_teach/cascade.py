@@ -1,4 +1,5 @@
-"""The Multi-task Network Cascade: stages wired together, 3- or 5-stage (MNC_SPEC §1, §6).
+"""The Multi-task Network Cascade: stages wired together, 3- or 5-stage
+(docs/paper_vs_code.md, section "The stage bridge and the 5-stage cascade").
 
     features  = backbone(images)
     stage 1   boxes    = RPN(features)                         loss_rpn_obj, loss_rpn_box
@@ -59,6 +60,7 @@ __all__ = [
     "RoISampling",
     "batch_images",
     "build_mnc",
+    "cascade_loss",
     "refine_boxes",
 ]
 
@@ -103,6 +105,21 @@ def refine_boxes(
     return clip_boxes(decode_boxes(deltas, boxes, weights=weights), image_size)
 
 
+def cascade_loss(losses: dict[str, Tensor]) -> Tensor:
+    """The training objective L = L1(B) + L2(M | B) + L3(C | M, B) (+ L4 + L5 in 5 stages):
+    the sum of every stage's loss terms (each already weighted), a scalar that keeps the graph.
+
+    losses: ``{name: Tensor[]}`` as :class:`MNC` returns them in training.
+    """
+    if not losses:
+        raise ValueError("cascade_loss got no loss terms; the model returns them in training")
+    terms = iter(losses.values())
+    total = next(terms)
+    for term in terms:
+        total = total + term
+    return total
+
+
 @dataclass(frozen=True)
 class RoISampling:
     """How a cascade step chooses its training RoIs (``config.RoIConfig`` holds the defaults).
@@ -132,12 +149,16 @@ class LossSettings:
             masks of the mask-level labels.
         mask_iou_fg: smallest mask IoU of a mask-level foreground RoI.
         box_loss_beta: smooth L1 beta of the box regression.
+        mask_grad_fg_only: the gradient that stage 3 sends into the stage-2 masks passes only
+            for RoIs with a foreground mask-level label [code: mask_layer.py, backward];
+            False: for every RoI [paper]. Training only.
     """
 
     mask_loss_weight: float
     mask_target_threshold: float
     mask_iou_fg: float
     box_loss_beta: float
+    mask_grad_fg_only: bool
 
 
 @dataclass(frozen=True)
@@ -168,6 +189,9 @@ class MaskClassifyOutput:
         mask_cls_logits (Tensor[R, K+1]): the mask-level classifier (``mask_cls_probs`` =
             softmax), the inference score; box_cls_logits (Tensor[R, K+1]): the box-level one.
         box_deltas (Tensor[R, 4(K+1)]): stage-3 class-specific box regression.
+        classifier_masks (Tensor[R, M, M]): the sigmoid of ``mask_logits`` that stage 3 pools
+            with: the same values as ``mask_probs``, its own tensor so that a hook on it
+            gates only the gradient stage 3 sends into stage 2 (``mask_grad_fg_only``).
         box_labels, mask_labels (Tensor[R]): training labels; mask_targets (Tensor[R, M, M]).
     """
 
@@ -178,6 +202,7 @@ class MaskClassifyOutput:
     mask_cls_logits: Tensor
     box_cls_logits: Tensor
     box_deltas: Tensor
+    classifier_masks: Tensor | None = None
     box_labels: Tensor | None = None
     mask_labels: Tensor | None = None
     mask_targets: Tensor | None = None
@@ -376,11 +401,12 @@ class MNC(nn.Module):
         )  # (R, 5)
         roi_features = self.roi_warp(features, rois)  # (R, C, P, P)
         mask_logits = self.mask_head(roi_features)  # (R, M, M)
-        out = self.classifier(roi_features, torch.sigmoid(mask_logits))
+        classifier_masks = torch.sigmoid(mask_logits)  # stage 3's own copy (mask_grad_fg_only)
+        out = self.classifier(roi_features, classifier_masks)
         return MaskClassifyOutput(
             boxes=boxes, rois=rois, roi_features=roi_features, mask_logits=mask_logits,
             mask_cls_logits=out.mask_cls_logits, box_cls_logits=out.box_cls_logits,
-            box_deltas=out.box_deltas,
+            box_deltas=out.box_deltas, classifier_masks=classifier_masks,
         )
 
     def _refine(
@@ -438,6 +464,8 @@ class MNC(nn.Module):
             gt_areas=torch.cat(gt_areas), box_labels=box_labels,
             mask_iou_fg=settings.mask_iou_fg, threshold=settings.mask_target_threshold,
         )
+        if settings.mask_grad_fg_only:
+            _gate_mask_gradient(output.classifier_masks, keep=mask_labels > 0)
         head_out = ClassifierOutput(
             output.mask_cls_logits, output.box_cls_logits, output.box_deltas
         )
@@ -483,6 +511,15 @@ class MNC(nn.Module):
                 )
             )
         return detections
+
+
+def _gate_mask_gradient(classifier_masks: Tensor | None, keep: Tensor) -> None:
+    """Zero the gradient rows of ``classifier_masks`` (R, M, M) where ``keep`` (R,) is False,
+    when backward passes through it [code: mask_layer.py, backward]. The forward values stay."""
+    if classifier_masks is None or not classifier_masks.requires_grad:
+        return  # no graph (validation losses under no_grad): nothing to gate
+    keep = keep.detach().clone()[:, None, None]  # (R,) -> (R, 1, 1)
+    classifier_masks.register_hook(lambda grad: torch.where(keep, grad, torch.zeros_like(grad)))
 
 
 def _intermediates(
@@ -553,6 +590,7 @@ def build_mnc(cfg: MNCConfig) -> MNC:
     loss_settings = LossSettings(
         mask_loss_weight=cfg.mask.loss_weight, mask_target_threshold=cfg.mask.target_threshold,
         mask_iou_fg=cfg.classifier.mask_iou_fg, box_loss_beta=cfg.classifier.box_loss_beta,
+        mask_grad_fg_only=cfg.classifier.mask_grad_fg_only,
     )
     inference = InferenceSettings(
         num_stages=inf.num_stages, nms_iou=inf.nms_iou,

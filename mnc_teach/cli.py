@@ -8,6 +8,7 @@ Commands:
     train     train MNC from a preset (checkpoints, resume, Ctrl-C stops cleanly)
     predict   run a trained checkpoint on a dataset split and write a COCO results JSON for
               `evaluate`
+    assignments  the course as an nbgrader assignment: list the points, build, grade
 
 Each command imports what it needs when it runs (the one place of the package that imports
 lazily), so that ``--help`` answers without loading torch.
@@ -223,6 +224,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_assignments(args: argparse.Namespace) -> int:
+    try:
+        from mnc_teach.course import assignments
+    except ModuleNotFoundError as missing:
+        raise RuntimeError(
+            f"assignments needs nbgrader ({missing}); install the instructor extra: "
+            "pip install -e '.[instructor]'"
+        ) from None
+    if args.action == "list":
+        print(assignments.points_table())
+    elif args.action == "build":
+        out = assignments.build_course(
+            args.out, cell_timeout_s=args.cell_timeout, force=args.force
+        )
+        print(f"course folder {out}: student version in release/{assignments.ASSIGNMENT}, "
+              f"instructions in {out / 'README.md'}")
+    else:
+        outcomes = assignments.grade_course(
+            args.course_dir, students=args.student or None, notebook=args.notebook,
+            cell_timeout_s=args.cell_timeout,
+        )
+        for o in outcomes:
+            print(f"{o.student}: {o.score:g} / {o.max_score:g} points of the exercises, "
+                  f"{o.seconds:.0f} s{'; ' + o.error if o.error else ''}")
+        print(f"scores of every graded cell: {Path(args.course_dir) / assignments.GRADES_CSV}; "
+              f"feedback in {Path(args.course_dir) / 'feedback'}")
+        if any(o.error for o in outcomes):
+            return 1
+    return 0
+
+
 DATASET_ROOT_HELP = "VOC 2012 / SBD / shapes dataset folder"
 FORMAT_HELP = "annotation format (default: voc)"
 DEVICE_HELP = "default: cuda when available"
@@ -238,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_train(commands)
     _add_predict(commands)
+    _add_assignments(commands)
     return parser
 
 
@@ -334,6 +367,27 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--fc7-rank", type=int, default=None,
                          help="with --svd: fc7's rank (default: the fc width / 16)")
     predict.set_defaults(run=_cmd_predict)
+
+
+def _add_assignments(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "assignments", help="the course as an nbgrader assignment (needs the instructor extra)"
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every exercise and answer of the course, with its points")
+    build = actions.add_parser("build", help="an nbgrader course folder with the student version")
+    build.add_argument("--out", required=True, help="the course folder to create")
+    build.add_argument("--force", action="store_true", help="rebuild in a folder that has files")
+    grade = actions.add_parser("grade", help="autograde + feedback + grades.csv")
+    grade.add_argument("course_dir", help="the course folder made by `assignments build`")
+    grade.add_argument("--student", action="append", default=[],
+                       help="grade this student only (repeatable; default: every submission)")
+    grade.add_argument("--notebook", default="*",
+                       help="grade the notebooks matching this glob only (default: all)")
+    for action in (build, grade):
+        action.add_argument("--cell-timeout", type=int, default=180, metavar="SECONDS",
+                            help="time limit of one cell when grading (default: 180)")
+    parser.set_defaults(run=_cmd_assignments)
 
 
 # Expected user errors (missing data, bad files, failed downloads, a full disk, a diverged run):

@@ -1,11 +1,11 @@
-"""Configuration: nested dataclasses and four named presets (DESIGN.md §4.5).
+"""Configuration: nested dataclasses and four named presets.
 
 ``build_mnc(cfg)`` (cascade.py) and ``train`` (engine/loop.py) are the only readers of a
 config; every module takes explicit keyword arguments. Override a value with ``dataclasses.replace``
 or with :func:`override`, e.g. ``override(shapes_cpu(), "train.max_steps", 200)``.
 
 Each default that comes from MNC says where: [paper] or [code] with the file of the official
-repository (MNC_SPEC.md has the full table). Where the two differ the default follows the
+repository (docs/paper_vs_code.md compares the two). Where the two differ the default follows the
 paper and the code's value is named in the comment (and set by a preset where it matters).
 
 These fields are the one definition of each default: a model function with a default for
@@ -62,12 +62,12 @@ class BackboneConfig:
 
 @dataclass
 class RPNConfig:
-    # anchors [code: MNC/lib/transform/anchors.py, generate_anchors; MNC_SPEC §2]
+    # anchors [code: MNC/lib/transform/anchors.py, generate_anchors]
     anchor_base_size: int = 16  # side of the reference anchor, pixels
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
     anchor_scales: tuple[float, ...] = (8, 16, 32)  # side = base * scale: 128, 256, 512 px
     conv_channels: int = 512  # 3x3 conv on conv5_3 [code] rpn_conv_3x3
-    # anchor labels and sampling [code: MNC/lib/mnc_config.py; MNC_SPEC §2]
+    # anchor labels and sampling [code: MNC/lib/mnc_config.py]
     positive_iou: float = 0.7  # [code] TRAIN.RPN_POSITIVE_OVERLAP
     negative_iou: float = 0.3  # [code] TRAIN.RPN_NEGATIVE_OVERLAP
     batch_size: int = 256  # anchors sampled per image [paper; code TRAIN.RPN_BATCHSIZE]
@@ -88,7 +88,7 @@ class RoIConfig:
     fg_iou: float = 0.5  # box IoU of a foreground RoI [paper; code FG_THRESH]
     bg_iou_low: float = 0.1  # "hard" background: IoU in [0.1, 0.5) [code BG_THRESH_LO]
     hard_bg_fraction: float = 0.85  # share of the background from [bg_iou_low, fg_iou) [code]
-    # RoI feature side P after warping + pooling [paper: 14x14 on conv5_3, stage 2; MNC_SPEC §3]
+    # RoI feature side P after warping + pooling [paper: 14x14 on conv5_3, stage 2]
     output_size: int = 14
     # warp to P*2 then 2x2 max pool [code: train.prototxt, 28 -> 14]; 1 = warp straight to P
     warp_pool: int = 2
@@ -111,10 +111,15 @@ class ClassifierConfig:
     mask_iou_fg: float = 0.5
     # Stage-3 box-delta weights: the code divides its targets by BBOX_NORMALIZE_STDS
     # (0.1, 0.1, 0.2, 0.2) with means 0, the same as multiplying by these weights
-    # [code: MNC/lib/mnc_config.py, MNC/experiments/cfgs/VGG16/mnc_5stage.yml; MNC_SPEC §4].
+    # [code: MNC/lib/mnc_config.py, MNC/experiments/cfgs/VGG16/mnc_5stage.yml].
     # Stage 1 regresses raw deltas (boxes.RPN_BOX_WEIGHTS).
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     box_loss_beta: float = 1.0  # SmoothL1 sigma 1 [code]
+    # The stage-3 losses' gradient reaches the stage-2 mask only through RoIs whose mask-level
+    # label is foreground [code mask_layer.py backward]; False: through every RoI [paper: the
+    # loss is differentiable in the mask of all RoIs]. docs/paper_vs_code.md, section
+    # "Stages 2 and 3: RoI warping, masks and classes".
+    mask_grad_fg_only: bool = False
 
 
 @dataclass
@@ -432,8 +437,9 @@ def shapes_cpu() -> MNCConfig:
 
 
 def voc_vgg16_paper() -> MNCConfig:
-    """The paper (MNC_SPEC §7): VGG-16, SBD train (5,623 images), 5-stage end-to-end training,
-    lr 1e-3 for 32k then 1e-4 for 8k steps of 8 images (1 image x 8 accumulated here)."""
+    """The paper: VGG-16, SBD train (5,623 images), 5-stage end-to-end training, lr 1e-3 for
+    32k then 1e-4 for 8k steps of 8 images (1 image x 8 accumulated here); docs/paper_vs_code.md,
+    section "Training schedule and optimiser"."""
     return MNCConfig(preset="voc-vgg16-paper", backbone=BackboneConfig(name="vgg16"))
 
 
@@ -460,7 +466,7 @@ def voc_1gpu_hour() -> MNCConfig:
 
 def voc_resnet50() -> MNCConfig:
     """The paper's recipe on a ResNet-50 C4 trunk (stride 16, 1024 channels). The code's note:
-    5-stage ResNet-50 training needs more than 12 GB of GPU memory (MNC_SPEC §12)."""
+    5-stage ResNet-50 training needs more than 12 GB of GPU memory (MNC issues #16, #37)."""
     return MNCConfig(
         preset="voc-resnet50",
         backbone=BackboneConfig(name="resnet50", frozen_layers=1),

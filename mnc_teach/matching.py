@@ -1,4 +1,5 @@
-"""Matching boxes to ground truth and sampling a training batch (MNC_SPEC §2, §4).
+"""Matching boxes to ground truth and sampling a training batch (docs/paper_vs_code.md: stage 1,
+stages 2-3).
 
 Stage 1 labels every anchor positive, negative or ignored by its IoU with the ground
 truth (:func:`label_anchors`), then draws 256 of them, at most half positive
@@ -33,6 +34,7 @@ __all__ = [
     "sample_pos_neg",
     "RoISample",
     "match_rois",
+    "draw_without_replacement",
     "sample_rois",
 ]
 
@@ -120,7 +122,8 @@ def label_anchors(
     negative_iou: float = RPNConfig.negative_iou,
     allowed_border: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Stage-1 training labels for every anchor (MNC_SPEC §2, ``anchor_target_layer.py``).
+    """Stage-1 training labels for every anchor (docs/paper_vs_code.md: stage 1,
+    ``anchor_target_layer.py``).
 
     * Anchors not fully inside the image (see ``anchors_inside_image``) are ``IGNORE``
       and take no part in the rest.
@@ -179,7 +182,7 @@ def sample_pos_neg(
     As the official code (``anchor_target_layer.py``) and torchvision's
     ``BalancedPositiveNegativeSampler``: with few positives the batch is filled with
     more negatives; with few of both it is smaller than ``batch_size``. Defaults:
-    256 anchors, at most half positive (MNC_SPEC §2).
+    256 anchors, at most half positive (docs/paper_vs_code.md: stage 1).
     With ``generator=None`` the global torch RNG is used, in the same order as
     torchvision (one ``randperm`` for the positives, then one for the negatives).
 
@@ -239,6 +242,16 @@ def match_rois(
     return RoISample(boxes, matched_gt, labels, best_iou)
 
 
+def draw_without_replacement(
+    indices: Tensor, count: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Up to ``count`` of ``indices`` (Tensor[n], int64) drawn uniformly without replacement, in
+    drawing order: one ``torch.randperm(n)`` on the generator's device (None: the global RNG)."""
+    device = generator.device if generator is not None else None
+    order = torch.randperm(indices.numel(), generator=generator, device=device)
+    return indices[order[:count].to(indices.device)]
+
+
 def sample_rois(
     proposals: Tensor,
     gt_boxes: Tensor,
@@ -252,7 +265,8 @@ def sample_rois(
     append_gt_boxes: bool = RoIConfig.append_gt_boxes,
     generator: torch.Generator | None = None,
 ) -> RoISample:
-    """Draw the training RoIs of stages 2-3 (``proposal_target_layer.py``, MNC_SPEC §4).
+    """Draw the training RoIs of stages 2-3 (``proposal_target_layer.py``, docs/paper_vs_code.md:
+    stages 2-3).
 
     Candidates are the proposals plus (``append_gt_boxes``) the ground-truth boxes.
     Foreground: IoU >= ``fg_iou``, at most ``batch_size * fg_fraction`` (19 of 64). The rest
@@ -269,21 +283,17 @@ def sample_rois(
     if append_gt_boxes and gt_boxes.numel():
         candidates = torch.cat([proposals, gt_boxes.to(proposals)])  # (R + G, 4)
     matched = match_rois(candidates, gt_boxes, gt_labels, fg_iou=fg_iou)
-
-    def draw(indices: Tensor, count: int) -> Tensor:
-        device = generator.device if generator else None
-        order = torch.randperm(indices.numel(), generator=generator, device=device)
-        return indices[order[:count].to(indices.device)]
-
     fg = torch.nonzero(matched.labels > 0).flatten()
     hard_bg = torch.nonzero((matched.labels == 0) & (matched.iou >= bg_iou_low)).flatten()
     easy_bg = torch.nonzero((matched.labels == 0) & (matched.iou < bg_iou_low)).flatten()
-    fg = draw(fg, int(batch_size * fg_fraction))
+    fg = draw_without_replacement(fg, int(batch_size * fg_fraction), generator)
     num_bg = batch_size - fg.numel()
     num_hard = min(
         hard_bg.numel(), max(int(round(num_bg * hard_bg_fraction)), num_bg - easy_bg.numel())
     )
-    keep = torch.cat([fg, draw(hard_bg, num_hard), draw(easy_bg, num_bg - num_hard)])
+    hard_bg = draw_without_replacement(hard_bg, num_hard, generator)
+    easy_bg = draw_without_replacement(easy_bg, num_bg - num_hard, generator)
+    keep = torch.cat([fg, hard_bg, easy_bg])
     return RoISample(
         matched.boxes[keep], matched.matched_gt[keep], matched.labels[keep], matched.iou[keep]
     )

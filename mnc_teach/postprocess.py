@@ -1,5 +1,5 @@
 """Inference post-processing: per-class NMS, mask voting, masks pasted into the image
-(MNC_SPEC §8).
+(docs/paper_vs_code.md: inference).
 
 The cascade gives candidates: boxes, m x m soft masks and (K+1)-way mask-level class
 probabilities (300 from stage 3 plus 300 from stage 5 in the paper). For each class, NMS at
@@ -22,7 +22,7 @@ from torch import Tensor
 from mnc_teach.boxes import batched_nms, box_iou
 from mnc_teach.config import InferenceConfig
 
-__all__ = ["paste_masks", "postprocess_detections"]
+__all__ = ["mask_voting_weights", "paste_masks", "postprocess_detections"]
 
 
 def paste_masks(masks: Tensor, boxes: Tensor, region: tuple[int, int, int, int]) -> Tensor:
@@ -134,6 +134,28 @@ def _tight_boxes(masks: Tensor, threshold: float, fallback: Tensor) -> Tensor:
     return torch.where(rows_any.any(dim=1, keepdim=True), tight, fallback)
 
 
+def mask_voting_weights(
+    kept: Tensor, labels: Tensor, boxes: Tensor, fg_scores: Tensor, *, vote_iou: float
+) -> Tensor:
+    """Mask voting's weights [code: gpu_mask_voting]: detection d's mask is the average of the
+    masks of every candidate whose box has IoU >= ``vote_iou`` with d's box (d itself always
+    votes), each weighted by its score for d's class; the weights of a row sum to 1.
+
+    Args:
+        kept (Tensor[D], int64): the candidate each detection came from (after per-class NMS).
+        labels (Tensor[D], int64 in 1..K): each detection's class.
+        boxes (Tensor[Q, 4]): every candidate's box. fg_scores (Tensor[Q, K]): their class
+            probabilities without the background column.
+
+    Returns:
+        Tensor[D, Q]: ``weights[d, q]``, the share of candidate q's mask in detection d's mask.
+    """
+    similar = box_iou(boxes[kept], boxes) >= vote_iou  # (D, Q)
+    similar[torch.arange(kept.numel(), device=kept.device), kept] = True  # itself, even 0-area
+    weights = similar * fg_scores[:, labels - 1].T  # (D, Q): each voter's score for d's class
+    return weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def postprocess_detections(
     boxes: Tensor,
     mask_probs: Tensor,
@@ -182,14 +204,11 @@ def postprocess_detections(
     )[:detections_per_image]
     kept_candidate, labels, scores = pair_candidate[keep], pair_label[keep], pair_score[keep]
 
-    num_detections = keep.numel()
     # voter_weights[d, q]: weight of candidate q's mask in detection d's mask (rows sum to 1)
     if mask_voting:
-        similar = box_iou(boxes[kept_candidate], boxes) >= vote_iou  # (D, Q)
-        similar[torch.arange(num_detections), kept_candidate] = True  # itself, even a zero-area box
-        # (D, Q): each voter's score for the class of detection d
-        voter_weights = similar * fg_scores[:, labels - 1].T
-        voter_weights = voter_weights / voter_weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        voter_weights = mask_voting_weights(
+            kept_candidate, labels, boxes, fg_scores, vote_iou=vote_iou
+        )
     else:
         # (D, Q): each detection's own mask only
         voter_weights = F.one_hot(kept_candidate, num_candidates).to(mask_probs.dtype)

@@ -1,4 +1,5 @@
-"""Differentiable RoI warping (MNC_SPEC §5): crop a box from a feature map by bilinear
+"""Differentiable RoI warping (docs/paper_vs_code.md: stages 2-3): crop a box from a feature map by
+bilinear
 interpolation, then max-pool; the gradient reaches the features *and* the box coordinates.
 
 Shape legend (structures.py): N images, C channels, h, w feature-map size, R RoIs,
@@ -16,7 +17,8 @@ sits at j). Border rule, exactly torchvision's ``bilinear_interpolate``: a sampl
 y < -1 or y > h or x < -1 or x > w is 0; otherwise y <= 0 is moved to 0 and a sample past the
 last cell centre (floor(y) >= h-1) takes row h-1 (the same for x). The bilinear weights are
 piecewise linear in the sample position, which is linear in (x1, y1, x2, y2), so the output has
-an exact derivative with respect to the box (the paper's F_RoI = G(B) · F, MNC_SPEC §5.1).
+an exact derivative with respect to the box (the paper's F_RoI = G(B) · F, docs/paper_vs_code.md:
+stages 2-3).
 
 Two implementations of the same function:
     * :func:`roi_warp_reference` (and :func:`roi_warp_pool_reference`), the teaching version:
@@ -43,7 +45,8 @@ Relation to torchvision.ops:
     * ``roi_pool`` (Fast R-CNN's RoIPool) rounds the box to feature cells and max-pools over
       whole cells: no interpolation, and no gradient with respect to the box at all.
 
-Relation to the Caffe layer (caffe-mnc ``roi_warping_layer.cu``, MNC_SPEC §5.2): Caffe rounds
+Relation to the Caffe layer (caffe-mnc ``roi_warping_layer.cu``, docs/paper_vs_code.md: stages
+2-3): Caffe rounds
 the corners to feature cells (start = round(x1/16)), samples at start + pw * bin with no -0.5
 centre shift, and its coordinate gradient is the derivative of the *unrounded* map evaluated
 at the rounded positions, an approximation. Here nothing is rounded, so the box gradient is
@@ -55,6 +58,7 @@ The default output size (14) and pooling (2) are defined once, in ``config.RoICo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -67,6 +71,7 @@ from mnc_teach.config import RoIConfig
 __all__ = [
     "VGG16_SPATIAL_SCALE",
     "ALIGNED_OFFSET",
+    "boxes_for_warp",
     "sample_positions",
     "roi_warp",
     "roi_warp_pool",
@@ -259,6 +264,12 @@ def _check_pool(pool: int) -> None:
         )
 
 
+def boxes_for_warp(rois: Tensor, *, detach_boxes: bool) -> Tensor:
+    """The RoIs the warp reads: the same values; with ``detach_boxes`` cut from the graph, so
+    that no gradient reaches the box coordinates (torchvision, detectron2), else kept (MNC)."""
+    return rois.detach() if detach_boxes else rois
+
+
 def roi_warp_pool_reference(
     features: Tensor,
     rois: Tensor,
@@ -267,15 +278,16 @@ def roi_warp_pool_reference(
     spatial_scale: float,
     pool: int = RoIConfig.warp_pool,
     detach_boxes: bool = False,
+    warp: Callable[..., Tensor] = roi_warp_reference,
 ) -> Tensor:
     """:func:`roi_warp_reference` to (output_size * pool), then ``pool`` x ``pool``
     stride-``pool`` max pooling: the readable version of :func:`roi_warp_pool` (same
-    arguments, same result)."""
+    arguments, same result). ``warp``: another function with :func:`roi_warp`'s signature
+    to warp with (the course plugs a learner's in)."""
     _check_pool(pool)
     out_h, out_w = _pair(output_size, "output_size")
-    if detach_boxes:
-        rois = rois.detach()
-    warped = roi_warp_reference(
+    rois = boxes_for_warp(rois, detach_boxes=detach_boxes)
+    warped = warp(
         features, rois, output_size=(out_h * pool, out_w * pool), spatial_scale=spatial_scale
     )  # (R, C, S_h, S_w) with S_h = P_h * pool
     if pool == 1:
@@ -636,9 +648,7 @@ def roi_warp(
     Returns:
         Tensor[R, C, S_h, S_w] in the dtype of ``features``; (0, C, S_h, S_w) when R == 0.
     """
-    return roi_warp_pool(
-        features, rois, output_size=output_size, spatial_scale=spatial_scale, pool=1
-    )
+    return _warp_and_pool(features, rois, output_size, spatial_scale=spatial_scale, pool=1)
 
 
 def roi_warp_pool(
@@ -668,11 +678,23 @@ def roi_warp_pool(
     Returns:
         Tensor[R, C, P, P] (or the pair's size), in the dtype of ``features``.
     """
+    rois = boxes_for_warp(rois, detach_boxes=detach_boxes)
+    return _warp_and_pool(features, rois, output_size, spatial_scale=spatial_scale, pool=pool)
+
+
+def _warp_and_pool(
+    features: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    *,
+    spatial_scale: float,
+    pool: int,
+) -> Tensor:
+    """What :func:`roi_warp` and :func:`roi_warp_pool` compute, with checked inputs (each
+    calls this, not the other: the course's seam may replace either)."""
     _check_pool(pool)
     grid = _pair(output_size, "output_size")
     _check_inputs(features, rois, spatial_scale)
-    if detach_boxes:
-        rois = rois.detach()
     return _SparseRoIWarp.apply(features, rois, grid, spatial_scale, pool)
 
 

@@ -1,4 +1,5 @@
-"""Stage 1: the Region Proposal Network regresses class-agnostic boxes (MNC_SPEC §2).
+"""Stage 1: the Region Proposal Network regresses class-agnostic boxes (docs/paper_vs_code.md:
+stage 1).
 
 A 3x3 conv on the shared features, then two 1x1 convs: an objectness logit and 4 box
 deltas per anchor. Training labels each anchor against the ground truth (matching.py),
@@ -25,10 +26,10 @@ from torch import Tensor, nn
 
 from mnc_teach.anchors import generate_base_anchors, grid_anchors
 from mnc_teach.boxes import (
-    batched_nms,
     clip_boxes,
     decode_boxes,
     encode_boxes,
+    nms,
     remove_small_boxes,
 )
 from mnc_teach.config import RPNConfig
@@ -138,8 +139,7 @@ def generate_proposals(
     scores = torch.sigmoid(objectness_logits[top].detach())
     keep = remove_small_boxes(boxes.detach(), min_size)
     boxes, scores = boxes[keep], scores[keep]
-    one_label = torch.zeros_like(scores, dtype=torch.int64)
-    keep = batched_nms(boxes.detach(), scores, one_label, iou_threshold=nms_iou)
+    keep = nms(boxes.detach(), scores, nms_iou)
     keep = keep[:post_nms_top_n]  # NMS returns indices sorted by decreasing score
     return boxes[keep], scores[keep]
 

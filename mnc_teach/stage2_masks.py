@@ -1,4 +1,4 @@
-"""Stage 2: a class-agnostic m x m soft mask for every box (MNC_SPEC §3).
+"""Stage 2: a class-agnostic m x m soft mask for every box (docs/paper_vs_code.md: stages 2-3).
 
 The RoI features (from differentiable RoI warping, roi_warp.py) go through one 256-d fc
 layer and a second fc layer with m x m outputs: one logit per mask cell. Training compares

@@ -1,8 +1,11 @@
-"""Stage 3: categorise each instance from mask-pooled and box-pooled features (MNC_SPEC §4).
+"""Stage 3: categorise each instance from mask-pooled and box-pooled features
+(docs/paper_vs_code.md, section "Stages 2 and 3: RoI warping, masks and classes").
 
 *Mask pooling* multiplies the RoI features by the stage-2 soft mask, resized to the
 feature grid: ``F_mask = F_RoI * M`` (the paper's equation; differentiable in both, so the
-classification loss also trains stage 2). Two pathways of two fc layers each, one on
+classification losses also train stage 2: the paper's end-to-end loss passes that gradient for
+every RoI; the official code only for RoIs with a foreground mask-level label, see
+``config.ClassifierConfig.mask_grad_fg_only``). Two pathways of two fc layers each, one on
 ``F_mask`` and one on ``F_RoI``, are concatenated and feed three heads:
 
     mask_cls_logits  (K+1)-way *mask-level* classifier: the only score used at inference;

@@ -11,7 +11,8 @@ from torchvision.models.detection.image_list import ImageList
 
 from mnc_teach.anchors import anchors_inside_image, generate_base_anchors, grid_anchors
 
-# MNC_SPEC §2: anchor (width, height) for ratios 0.5, 1, 2 (ratio-major) and scales 8, 16, 32.
+# docs/paper_vs_code.md: stage 1: anchor (width, height) for ratios 0.5, 1, 2 (ratio-major) and
+# scales 8, 16, 32.
 SPEC_ANCHOR_SIZES = [
     (184, 96), (368, 192), (736, 384),
     (128, 128), (256, 256), (512, 512),

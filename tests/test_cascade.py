@@ -196,6 +196,34 @@ def test_box_gradient_clip_bounds_the_gradient_reaching_the_deltas() -> None:
     assert clipped.abs().max() <= 1e-6 + 1e-12 and clipped.abs().max() > 0
 
 
+def stage3_mask_gradient(mask_grad_fg_only: bool) -> tuple[torch.Tensor, ...]:
+    """The gradient of the stage-3 losses (L3) with respect to the stage-2 mask logits, per
+    RoI (the gradient's norm), with the mask-level labels and the losses."""
+    torch.manual_seed(0)
+    cfg = override(small_config(3), "classifier.mask_grad_fg_only", mask_grad_fg_only)
+    model = build_mnc(cfg).train()
+    image, target = square_scene()
+    _, losses, inter = model([image], [target], return_intermediates=True)
+    l3 = losses["loss_cls_mask"] + losses["loss_cls_box"] + losses["loss_box_reg"]
+    (grad,) = torch.autograd.grad(l3, inter.stages_23.mask_logits)
+    return grad.flatten(1).norm(dim=1), inter.stages_23.mask_labels, losses
+
+
+def test_mask_grad_fg_only_gates_the_stage3_gradient_into_background_masks() -> None:
+    """[code: mask_layer.py, backward]: with the option, L3 reaches the mask logits of the
+    mask-level foreground RoIs only; without it (the paper), of every RoI. The forward pass,
+    and so every loss, is the same either way."""
+    gated, labels, gated_losses = stage3_mask_gradient(mask_grad_fg_only=True)
+    full, labels_off, full_losses = stage3_mask_gradient(mask_grad_fg_only=False)
+    assert torch.equal(labels, labels_off)
+    fg = labels > 0
+    assert fg.any() and (~fg).any()  # the scene has both kinds of RoI
+    assert (gated[~fg] == 0).all() and (gated[fg] > 0).all()
+    assert (full[~fg] > 0).all() and (full[fg] > 0).all()
+    assert torch.allclose(gated[fg], full[fg])
+    assert all(torch.equal(gated_losses[k], full_losses[k]) for k in full_losses)
+
+
 def test_refine_boxes_uses_best_foreground_class() -> None:
     boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
     # background is highest; class 2 is the best foreground

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeMNC, fake_model
 
+from mnc_teach import course
 from mnc_teach.cli import main
 from mnc_teach.config import shapes_cpu
 from mnc_teach.data.voc import VOCInstanceSegmentation
@@ -338,3 +339,19 @@ def test_predict_with_svd_compresses_the_real_model_and_names_a_bad_rank(
     assert main([*argv, "--fc6-rank", "256"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "fc6" in err and err.count("\n") == 1
+
+
+def test_assignments_list_prints_the_points(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["assignments", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "| notebook | exercises (auto-graded) |" in out and "| **all** |" in out
+
+
+def test_assignments_without_nbgrader_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delitem(sys.modules, "mnc_teach.course.assignments", raising=False)
+    monkeypatch.delattr(course, "assignments", raising=False)
+    monkeypatch.setitem(sys.modules, "nbgrader.api", None)  # as if nbgrader were not installed
+    assert main(["assignments", "list"]) == 1
+    assert "pip install -e '.[instructor]'" in capsys.readouterr().err

@@ -95,6 +95,7 @@ def test_shapes_anchor_sides_are_as_commented():
         ("train.lr", "fast", "setting train.lr is 'fast' (str); expected float"),
         ("train.lr", float("nan"), "setting train.lr is nan; expected > 0"),
         ("train.amp", 1, "setting train.amp is 1 (int); expected bool"),
+        ("classifier.mask_grad_fg_only", 0, "mask_grad_fg_only is 0 (int); expected bool"),
         ("rpn.anchor_scales", (), "setting rpn.anchor_scales is (); expected one or more"),
         ("rpn.anchor_scales", (8, "x"), "setting rpn.anchor_scales is (8, 'x') (tuple)"),
         ("classifier.box_weights", (1.0, 1.0), "expected tuple[float, float, float, float]"),
@@ -107,6 +108,14 @@ def test_a_setting_of_the_wrong_type_or_range_is_refused_by_name(dotted, value, 
     with pytest.raises(ValueError) as error:
         override(shapes_cpu(), dotted, value)
     assert message in str(error.value)
+
+
+def test_mask_grad_fg_only_is_a_bool_off_by_default():
+    """Off (the paper) in every preset; the official code's gating is one switch away."""
+    assert not any(make().classifier.mask_grad_fg_only for make in PRESETS.values())
+    cfg = override(shapes_cpu(), "classifier.mask_grad_fg_only", True)
+    assert cfg.classifier.mask_grad_fg_only is True
+    assert MNCConfig.from_dict(cfg.to_dict()).classifier.mask_grad_fg_only is True
 
 
 def test_int_fits_a_float_setting_and_none_an_optional_one():

@@ -11,10 +11,14 @@ from mnc_teach.evaluation.analysis import (
     FP_DUPLICATE,
     FP_LOW_IOU,
     FP_NO_GT,
+    FP_WRONG_CLASS,
     OUTCOMES,
     TP,
     UNMATCHED,
+    FalsePositiveCause,
     analyze_matches,
+    false_positive_cause,
+    nearest_instance,
 )
 from mnc_teach.evaluation.coco import decode_mask
 from mnc_teach.evaluation.sds import evaluate_sds, mask_iou
@@ -132,3 +136,40 @@ def test_rejects_unknown_image() -> None:
     with pytest.raises(ValueError, match="'zzz' is not in the ground truth"):
         unknown = [pred("zzz", 1, rect(0, 5, 0, 5), 0.9)]
         analyze_matches(unknown, ground_truth, CLASSES, iou_threshold=0.5)
+
+
+def test_false_positive_causes_by_hand() -> None:
+    predictions, ground_truth = hand_case()
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.7)
+    causes = {p: false_positive_cause(analysis, p, decode_mask(predictions[p]["segmentation"]),
+                                      ground_truth[analysis.image[p]]) for p in (1, 2, 3, 4)}
+    assert causes[1] == FalsePositiveCause(FP_DUPLICATE, pytest.approx(0.9), 0, 1)
+    assert causes[2] == FalsePositiveCause(FP_LOW_IOU, pytest.approx(0.6), 1, 1)
+    # a triangle on the square C: the matcher says "no GT of its class", the cause is the class
+    assert causes[3] == FalsePositiveCause(FP_WRONG_CLASS, 1.0, 2, 2)
+    assert causes[4] == FalsePositiveCause(FP_NO_GT, 0.0, UNMATCHED, 0)  # an image without GT
+    with pytest.raises(ValueError, match="true positive"):
+        false_positive_cause(analysis, 0, decode_mask(predictions[0]["segmentation"]),
+                             ground_truth[0])
+
+
+def test_wrong_class_needs_class_iou() -> None:
+    gt_c = rect(0, 10, 20, 30)
+    ground_truth = [target("a", [gt_c], [2])]
+    predictions = [pred("a", 3, rect(0, 10, 24, 30), 0.9)]  # a triangle on 60 % of a square
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.5)
+    mask = decode_mask(predictions[0]["segmentation"])
+    assert false_positive_cause(analysis, 0, mask, ground_truth[0]).cause == FP_WRONG_CLASS
+    strict = false_positive_cause(analysis, 0, mask, ground_truth[0], class_iou=0.7)
+    assert strict == FalsePositiveCause(FP_NO_GT, 0.0, 0, 2)  # the object is kept for the outline
+
+
+def test_nearest_instance_any_class_with_void() -> None:
+    square, circle = rect(0, 10, 0, 10), rect(0, 10, 12, 22)
+    void = torch.zeros_like(square)
+    void[:, 10:12] = 1  # the band between the two objects
+    truth = target("a", [square, circle], [2, 1], ignore=void)
+    assert nearest_instance(rect(0, 10, 10, 22), truth) == (1, 1.0)  # its void columns removed
+    assert nearest_instance(rect(0, 10, 0, 10).numpy(), truth) == (0, 1.0)
+    assert nearest_instance(rect(20, 30, 20, 30), truth) == (UNMATCHED, 0.0)  # overlaps nothing
+    assert nearest_instance(square, target("b", [], [])) == (UNMATCHED, 0.0)

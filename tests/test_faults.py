@@ -477,6 +477,18 @@ CLI_ERRORS: dict[str, Case] = {
         ["download", "sbd", "--root", str(t / "data"), "--url", _served(t)], ("404",)),
     "download-wrong-bytes": lambda w, t: (
         ["download", "voc2012", "--root", str(t / "data"), "--url", _served(t)], ("md5",)),
+    # the instructor's assignments
+    "assignments-build-into-a-folder-with-files": lambda w, t: (
+        ["assignments", "build", "--out", str(_folder_with(t, "notes.txt"))],
+        ("already holds files", "--force")),
+    "assignments-build-out-is-a-file": lambda w, t: (
+        ["assignments", "build", "--out", str(_write(t / "course", b"x"))], ("is a file",)),
+    "assignments-grade-a-folder-that-is-no-course": lambda w, t: (
+        ["assignments", "grade", str(_folder_with(t, "notes.txt"))],
+        ("no nbgrader_config.py", "assignments build --out")),
+    "assignments-grade-without-submissions": lambda w, t: (
+        ["assignments", "grade", str(_folder_with(t, "nbgrader_config.py", "c = 1"))],
+        ("no submissions", "nbgrader collect mnc")),
     "write-fails-with-an-os-error": lambda w, t: (
         evaluate_argv(w.shapes, w.predictions, "--json", "/proc/mnc_teach.json"),
         ("/proc",)),

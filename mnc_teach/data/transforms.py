@@ -56,8 +56,10 @@ class ResizeShortestSide:
     vanishes when shrinking is dropped (with its box and label), so every mask stays non-empty.
 
     Args:
-        min_size: target short side in pixels (paper: 600, ``TRAIN.SCALES``, MNC_SPEC §7).
-        max_size: cap on the long side in pixels (paper: 1000, ``TRAIN.MAX_SIZE``, MNC_SPEC §7).
+        min_size: target short side in pixels (paper: 600, ``TRAIN.SCALES``, docs/paper_vs_code.md:
+        data).
+        max_size: cap on the long side in pixels (paper: 1000, ``TRAIN.MAX_SIZE``,
+        docs/paper_vs_code.md: data).
     """
 
     def __init__(self, min_size: int = 600, max_size: int = 1000) -> None:
@@ -104,7 +106,8 @@ class RandomHorizontalFlip:
 
     In continuous coordinates column ``j`` goes to ``W - 1 - j`` and a box ``(x1, y1, x2, y2)``
     goes to ``(W - x2, y1, W - x1, y2)``: the flipped box is exactly the tight box of the
-    flipped mask. MNC trains on every image and its mirror (``TRAIN.USE_FLIPPED``, MNC_SPEC §7).
+    flipped mask. MNC trains on every image and its mirror (``TRAIN.USE_FLIPPED``,
+    docs/paper_vs_code.md: data).
 
     Args:
         p: probability of flipping.

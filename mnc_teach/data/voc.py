@@ -4,15 +4,16 @@ Two on-disk formats give the same :class:`~mnc_teach.structures.Target`:
 
 * ``format="voc"``: VOC 2012 ``SegmentationObject`` / ``SegmentationClass`` palette PNGs.
   The pixel *index* is the label; 255 is "void", a thin band around every object
-  (MNC_SPEC §11). Void pixels belong to no mask and come back as ``target["ignore"]``.
+  (docs/paper_vs_code.md: data). Void pixels belong to no mask and come back as
+  ``target["ignore"]``.
   The synthetic shapes dataset (``shapes.py``) is written in this layout.
 * ``format="sbd"``: SBD ``inst/<id>.mat`` (struct ``GTinst``) and ``cls/<id>.mat``
-  (struct ``GTcls``), the annotations MNC trains and tests on (MNC_SPEC §7, §11).
+  (struct ``GTcls``), the annotations MNC trains and tests on (docs/paper_vs_code.md: data).
   SBD has no void label, so ``ignore`` is all zeros.
 
 MNC does not use SBD's own train/val lists: it re-splits all 11,355 SBD images by
 their membership in VOC 2012 ``ImageSets/Main/{train,val}.txt`` (5,623 / 5,732 images,
-MNC_SPEC §7). :func:`make_mnc_split` writes that split once as ``mnc_train.txt`` /
+docs/paper_vs_code.md: data). :func:`make_mnc_split` writes that split once as ``mnc_train.txt`` /
 ``mnc_val.txt``; then ``split="mnc_train"`` / ``"mnc_val"`` read it.
 
 Shape legend: see ``mnc_teach/structures.py`` (G instances, H x W image).
@@ -46,9 +47,9 @@ VOC_CLASSES: tuple[str, ...] = (
     "sheep", "sofa", "train", "tvmonitor",
 )
 BACKGROUND = 0
-VOID = 255  # VOC's "void" index in both segmentation PNGs (MNC_SPEC §11)
+VOID = 255  # VOC's "void" index in both segmentation PNGs (docs/paper_vs_code.md: data)
 FORMATS = ("voc", "sbd")
-MNC_SPLITS = ("mnc_train", "mnc_val")  # MNC's re-split of SBD (MNC_SPEC §7)
+MNC_SPLITS = ("mnc_train", "mnc_val")  # MNC's re-split of SBD (docs/paper_vs_code.md: data)
 CLASS_NAMES_FILE = "class_names.txt"  # optional; written by the synthetic shapes dataset
 NOT_SPLIT_FILES = (CLASS_NAMES_FILE, "fingerprint.txt")  # .txt files that are not id lists
 SHAPES_MARKER = "generation.json"  # in a shapes dataset's VOC2012 folder (shapes.GENERATION_FILE)
@@ -160,7 +161,8 @@ def _refetch(data_dir: Path, dataset: str) -> str:
 
 def _read_mat_struct(path: Path, name: str, fields: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Fields of the MATLAB struct ``name`` in an SBD .mat file (``loadmat(f)[name][0, 0]``,
-    MNC_SPEC §11); ``ValueError`` naming the file when one of ``fields`` is missing."""
+    docs/paper_vs_code.md: data); ``ValueError`` naming the file when one of ``fields`` is
+    missing."""
     from scipy.io import loadmat
 
     if not path.is_file():
@@ -289,7 +291,7 @@ class VOCInstanceSegmentation(Dataset):
         if self.format == "sbd" and self.split in MNC_SPLITS:
             raise FileNotFoundError(
                 f"{split_file} does not exist. MNC's split re-splits SBD by VOC 2012 "
-                "ImageSets/Main membership (MNC_SPEC §7); create it once with "
+                "ImageSets/Main membership (docs/paper_vs_code.md: data); create it once with "
                 "`from mnc_teach.data.voc import "
                 f"make_mnc_split; make_mnc_split({str(self.root)!r}, VOC_ROOT)`."
             )
@@ -413,7 +415,8 @@ class VOCInstanceSegmentation(Dataset):
                     stacklevel=3,
                 )
             labels.append(label)
-        ignore = np.zeros(instance_map.shape, dtype=bool)  # SBD has no void pixels (MNC_SPEC §11)
+        # SBD has no void pixels (docs/paper_vs_code.md: data)
+        ignore = np.zeros(instance_map.shape, dtype=bool)
         return instance_map, ignore, instance_ids, labels
 
 
@@ -422,7 +425,8 @@ def make_mnc_split(sbd_root: str | os.PathLike, voc_root: str | os.PathLike) -> 
 
     Every SBD image (SBD ``train.txt`` + ``val.txt``) goes to ``mnc_train`` if its id is in
     VOC 2012 ``ImageSets/Main/train.txt`` and to ``mnc_val`` if it is in ``.../val.txt``
-    (MNC_SPEC §7: the full data gives 5,623 / 5,732). SBD ids in neither list are left
+    (docs/paper_vs_code.md: data: the full data gives 5,623 / 5,732). SBD ids in neither list are
+    left
     out with a warning. Ids are written sorted; each file is replaced atomically.
 
     Args:

@@ -33,7 +33,8 @@ __all__ = [
     "image_orientations", "split_step", "to_device", "train_loader",
 ]
 
-FLIP_PROBABILITY = 0.5  # MNC trains on every image and its mirror (TRAIN.USE_FLIPPED, MNC_SPEC §7)
+# MNC trains on every image and its mirror (TRAIN.USE_FLIPPED, docs/paper_vs_code.md: training)
+FLIP_PROBABILITY = 0.5
 
 
 def build_datasets(cfg: MNCConfig) -> tuple[VOCInstanceSegmentation, VOCInstanceSegmentation]:

@@ -4,7 +4,8 @@
     history = train(cfg, "runs/first", resume=True)  # continues from runs/first/checkpoint.pt
 
 One optimiser step = ``cfg.train.accumulate`` micro-batches of ``cfg.train.images_per_batch``
-images (MNC: 1 image x ``iter_size`` 8, MNC_SPEC §7). The images of step ``s`` are a pure
+images (MNC: 1 image x ``iter_size`` 8, docs/paper_vs_code.md: training). The images of step ``s``
+are a pure
 function of ``(seed, s)`` (:mod:`mnc_teach.engine.batches`), and a resumed run skips to step
 ``s`` by index. Together with the saved RNG states this makes ``N steps + resume to 2N`` give
 the same losses as ``2N`` steps straight.
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from mnc_teach.cascade import build_mnc
+from mnc_teach.cascade import build_mnc, cascade_loss
 from mnc_teach.config import MNCConfig, TrainConfig, check_config
 from mnc_teach.data.transforms import collate
 from mnc_teach.engine.batches import build_datasets, split_step, to_device, train_loader
@@ -164,7 +165,7 @@ def train_one_step(
                 sums[name] = sums.get(name, 0.0) + number / len(micro_batches)
             if last and world.size > 1:  # before the backward that waits for every process
                 sums = _mean_over_processes(sums, state)
-            state.scaler.scale(sum(losses.values()) / len(micro_batches)).backward()
+            state.scaler.scale(cascade_loss(losses) / len(micro_batches)).backward()
     params = [p for group in state.optimizer.param_groups for p in group["params"]]
     state.scaler.unscale_(state.optimizer)  # the true gradients (nothing to do without a scaler)
     # after DDP's all-reduce every process holds the same gradients: the checks below decide alike

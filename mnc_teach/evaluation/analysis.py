@@ -5,7 +5,8 @@ are missed.
 and AP. :func:`analyze_matches` runs the same matching (``match_detections`` on the same IoUs,
 ``class_mask_ious``) and keeps, for every prediction and every GT instance, what happened to
 it, so that a notebook can count and show the failures: false positives (by cause), missed
-instances, and matches whose mask is poor.
+instances, and matches whose mask is poor. :func:`false_positive_cause` adds the one cause the
+matcher cannot see, a detection on an object of another class (``FP_WRONG_CLASS``).
 
 Shape legend (structures.py): P predictions over the whole set, G ground-truth instances of
 one image, K foreground classes.
@@ -15,19 +16,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from mnc_teach.evaluation.coco import check_results, index_images
-from mnc_teach.evaluation.sds import class_mask_ious, match_detections
+from mnc_teach.evaluation.sds import class_mask_ious, mask_iou, match_detections
 from mnc_teach.structures import Target
 
 __all__ = [
-    "FP_DUPLICATE", "FP_LOW_IOU", "FP_NO_GT", "OUTCOMES", "TP", "UNMATCHED", "MatchAnalysis",
-    "analyze_matches",
+    "FP_DUPLICATE", "FP_LOW_IOU", "FP_NO_GT", "FP_WRONG_CLASS", "OUTCOMES", "TP", "UNMATCHED",
+    "FalsePositiveCause", "MatchAnalysis", "analyze_matches", "false_positive_cause",
+    "nearest_instance",
 ]
 
-# The outcome of one prediction at one IoU threshold (MNC_SPEC §9.1, matching steps 3-5).
+# The outcome of one prediction at one IoU threshold (docs/paper_vs_code.md, section "Evaluation").
 TP = "TP"
 # its best GT of the class overlaps less than the threshold (poor mask, wrong place)
 FP_LOW_IOU = "FP: low IoU"
@@ -36,6 +41,8 @@ FP_DUPLICATE = "FP: duplicate"
 # its image has no instance of the predicted class (wrong class, or background)
 FP_NO_GT = "FP: no GT of its class"
 OUTCOMES = (TP, FP_LOW_IOU, FP_DUPLICATE, FP_NO_GT)
+# not an outcome of the matcher: an FP that covers an object of another class (false_positive_cause)
+FP_WRONG_CLASS = "FP: wrong class"
 # gt_matched_by value of a missed GT; best_gt value of a prediction with no GT of its class
 UNMATCHED = -1
 
@@ -177,3 +184,48 @@ def _best_overlaps(
             gt_best_iou[image[p]][class_gt[better]] = ious[better]
             gt_best_pred[image[p]][class_gt[better]] = p
     return best_gt, best_iou, gt_best_iou, gt_best_pred
+
+
+def nearest_instance(pred_mask: Tensor | np.ndarray, target: Target) -> tuple[int, float]:
+    """The GT instance of *any* class that a predicted mask overlaps most, and that mask IoU
+    (void removed, as :func:`~mnc_teach.evaluation.sds.mask_iou`); ``(UNMATCHED, 0.0)`` when it
+    overlaps none.
+
+    Args:
+        pred_mask (Tensor[H, W] or np.ndarray[H, W], nonzero = inside), at the size of ``target``.
+    """
+    mask = torch.as_tensor(np.asarray(pred_mask))[None]  # (1, H, W)
+    ious = mask_iou(mask, target["masks"], target.get("ignore"))[0]  # (G,)
+    if len(ious) == 0 or ious.max() <= 0:
+        return UNMATCHED, 0.0
+    g = int(ious.argmax())
+    return g, float(ious[g])
+
+
+class FalsePositiveCause(NamedTuple):
+    """Why one prediction is a false positive, and the object it overlaps most."""
+
+    cause: str  # FP_WRONG_CLASS, or the matcher's outcome (FP_LOW_IOU, FP_DUPLICATE, FP_NO_GT)
+    iou: float  # wrong class: the IoU with that object; otherwise best_iou (with its own class)
+    nearest_gt: int  # the instance of any class it overlaps most (index in its image), or UNMATCHED
+    nearest_label: int  # that instance's class, 0 when there is none
+
+
+def false_positive_cause(
+    analysis: MatchAnalysis, p: int, pred_mask: Tensor | np.ndarray, target: Target,
+    *, class_iou: float = 0.5,
+) -> FalsePositiveCause:
+    """The cause of false positive ``p`` of ``analysis``: right place, wrong class when its mask
+    covers an instance of another class with IoU >= ``class_iou``; else the matcher's reason.
+
+    Args:
+        pred_mask (Tensor[H, W] or np.ndarray[H, W]): prediction p's mask, decoded.
+        target: the ground truth of p's image (``ground_truth[analysis.image[p]]``).
+    """
+    if analysis.outcome[p] == TP:
+        raise ValueError(f"prediction {p} is a true positive; false_positive_cause needs an FP")
+    g, iou = nearest_instance(pred_mask, target)
+    label = int(target["labels"][g]) if g != UNMATCHED else 0
+    if iou >= class_iou and label != analysis.category[p]:
+        return FalsePositiveCause(FP_WRONG_CLASS, iou, g, label)
+    return FalsePositiveCause(str(analysis.outcome[p]), float(analysis.best_iou[p]), g, label)

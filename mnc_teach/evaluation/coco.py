@@ -36,7 +36,8 @@ __all__ = [
     "load_predictions", "save_predictions",
 ]
 
-# MNC_SPEC §8: `PascalVOCSeg._reformat_result` binarises masks at >= 0.4 (`BINARIZE_THRESH`).
+# docs/paper_vs_code.md: inference: `PascalVOCSeg._reformat_result` binarises masks at >= 0.4
+# (`BINARIZE_THRESH`).
 MASK_BINARIZE_THRESHOLD = 0.4
 RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
 COCO_STAT_NAMES = tuple("AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl".split())

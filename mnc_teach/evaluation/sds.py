@@ -1,4 +1,4 @@
-"""Mask AP: mAP^r at mask IoU 0.5 / 0.7 (VOC/SDS protocol, MNC_SPEC.md §9).
+"""Mask AP: mAP^r at mask IoU 0.5 / 0.7 (VOC/SDS protocol, docs/paper_vs_code.md: evaluation).
 
 Predictions travel as a COCO results list: one dict per detection with ``image_id`` (the
 dataset's id string), ``category_id`` (1..K), ``segmentation`` (RLE with str counts) and
@@ -29,7 +29,8 @@ __all__ = [
     "rle_mask_iou",
 ]
 
-# MNC_SPEC §9.1 (paper §5; `_py_evaluate_segmentation`): mAP^r at mask IoU 0.5 and 0.7.
+# docs/paper_vs_code.md: evaluation (paper §5; `_py_evaluate_segmentation`): mAP^r at mask IoU 0.5
+# and 0.7.
 SDS_IOU_THRESHOLDS = (0.5, 0.7)
 # "area": SDS reference code / VOC2010+; "voc07": 11-point, MNC's `voc_ap(rec, prec, True)`.
 AP_METHODS = ("area", "voc07")
@@ -126,7 +127,8 @@ def match_detections(
     num_gt_per_image: Sequence[int],
     iou_threshold: float,
 ) -> ClassMatches:
-    """Greedy SDS matching for one class over the whole set (MNC `voc_eval_sds`, MNC_SPEC §9.1).
+    """Greedy SDS matching for one class over the whole set (MNC `voc_eval_sds`,
+    docs/paper_vs_code.md: evaluation).
 
     Detections go in descending score (stable: ties keep input order). Each takes the GT
     instance of its class in its image with the largest mask IoU (first on ties); it is a TP
@@ -273,7 +275,8 @@ def evaluate_sds(
     iou_thresholds: Sequence[float] = SDS_IOU_THRESHOLDS,
     check: bool = True,
 ) -> SDSResult:
-    """mAP^r of COCO-format ``predictions`` against Targets (MNC_SPEC §9.1), both AP methods.
+    """mAP^r of COCO-format ``predictions`` against Targets (docs/paper_vs_code.md: evaluation),
+    both AP methods.
 
     ``class_names`` starts with "background"; K = len(class_names) - 1. IoUs are computed per
     image, all detections against all GT in one :func:`rle_mask_iou` call (no decoding).
