@@ -9,8 +9,10 @@ import torch
 import torchvision
 
 from mnc_teach.viz.boxes import (
+    GID_BEST_ANCHOR,
     GID_INTERSECTION,
     draw_anchors,
+    draw_best_anchor_rule,
     draw_box_coding,
     draw_boxes_and_iou,
     draw_nms,
@@ -109,3 +111,36 @@ def test_draw_nms_before_and_after():
     np.testing.assert_allclose([r.get_xy() for r in kept_rects], boxes[keep, :2].numpy(), rtol=1e-6)
     assert [t.get_text() for t in after.texts] == [f"{s:.2f}" for s in scores[keep].tolist()]
     assert after.get_title() == f"after NMS: {len(keep)} kept (IoU threshold 0.3)"
+
+
+def test_draw_best_anchor_rule_marks_rule_1_positives_and_rescued_best_anchors():
+    anchors = torch.tensor([
+        [0.0, 0, 16, 16],  # IoU 1 with object 0
+        [0, 0, 20, 16],  # IoU 256 / 320 = 0.8 with object 0
+        [40, 40, 56, 56],  # IoU 256 / 576 = 0.44 with object 1: its best ...
+        [36, 40, 56, 56],  # IoU 256 / 640 = 0.4
+        [48, 48, 64, 64],  # ... tied with this one: both are positive by the rule
+    ])
+    objects = torch.tensor([[0.0, 0, 16, 16], [40, 40, 64, 64], [20, 40, 30, 50]])  # 2: no anchor
+    fig = draw_best_anchor_rule(torch.rand(3, 64, 64), anchors, objects)
+    (positives,) = find_artists(fig, "anchors-positive")
+    np.testing.assert_allclose(corners(positives), anchors[:2].numpy(), atol=1e-4)
+    rescued = find_artists(fig, GID_BEST_ANCHOR)
+    assert sorted(r.get_xy() for r in rescued) == [(40.0, 40.0), (48.0, 48.0)]
+    assert count_artists(fig, GID_GT) == 3
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["object 0", "object 1", "object 2", "IoU 0.44",
+                                                "IoU 0.44"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == ["objects: 3", "IoU ≥ 0.7 (positive): 2"]
+    assert legend[2].endswith("(positive by the rule): 1")  # one object rescued, two anchors
+    assert ax.get_title().startswith("1 of 3 objects have no anchor at IoU ≥ 0.7")
+
+
+def test_draw_best_anchor_rule_with_no_anchors_and_into_given_axes():
+    fig, axes = plt.subplots(1, 2)
+    out = draw_best_anchor_rule(torch.rand(3, 32, 32), torch.zeros(0, 4),
+                                torch.tensor([[2.0, 2, 9, 9]]), ax=axes[1], title="none")
+    assert out is fig and axes[1].get_title() == "none"
+    assert count_artists(fig, "anchors-positive") == 0 and find_artists(fig, GID_BEST_ANCHOR) == []
+    assert axes[1].get_legend().get_frame_on()  # inside the given axes

@@ -10,14 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from mnc_teach.viz.classify import (
+    GID_DIAGONAL,
     GID_FEATURE,
+    GID_IOU_POINTS,
     GID_POOL_MASK,
     GID_POOLED,
     GID_SCORE_BAR,
     draw_class_scores,
     draw_mask_pooling,
+    draw_regression_iou,
 )
-from mnc_teach.viz.common import count_artists, find_artists
+from mnc_teach.viz.common import GID_IOU_HIST, count_artists, find_artists
 from mnc_teach.viz.masks import GID_ROI_BOX
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
@@ -61,3 +64,20 @@ def test_draw_class_scores_bar_heights_colours_and_argmax_outline():
     assert [ax.get_title() for ax in fig.axes] == ["a", "b", "c"]
     with pytest.raises(ValueError, match="4 scores per RoI but 3 class names"):
         draw_class_scores(probs, CLASS_NAMES[:3])
+
+
+def test_draw_regression_iou_points_diagonal_and_histograms():
+    before = torch.tensor([0.5, 0.6, 0.8])
+    after = torch.tensor([0.7, 0.55, 0.9])
+    fig = draw_regression_iou(before, after)
+    (points,) = find_artists(fig, GID_IOU_POINTS)
+    assert np.allclose(points.get_offsets(), np.stack([before.numpy(), after.numpy()], axis=1))
+    greens = [tuple(c[:3]) for c in points.get_facecolors()]
+    green = matplotlib.colors.to_rgb("tab:green")
+    assert [np.allclose(c, green) for c in greens] == [True, False, True]  # moved closer
+    (diagonal,) = find_artists(fig, GID_DIAGONAL)
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [0, 1]
+    assert count_artists(fig, GID_IOU_HIST) == 2
+    assert fig.axes[0].get_title() == "2 of 3 RoIs move closer (green)"
+    with pytest.raises(ValueError, match="3 IoUs before but 2 after"):
+        draw_regression_iou(before, after[:2])

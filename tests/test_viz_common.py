@@ -15,10 +15,12 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from mnc_teach.viz.common import (
+    GID_IOU_HIST,
     PNG_DPI,
     add_box,
     as_numpy,
     count_artists,
+    draw_iou_histograms,
     figure_png,
     find_artists,
     fit_view,
@@ -123,3 +125,31 @@ def test_figure_png_is_a_png_at_png_dpi():
     assert data.startswith(b"\x89PNG")
     with Image.open(io.BytesIO(data)) as png:
         assert png.size == (2 * PNG_DPI, int(1.5 * PNG_DPI))
+
+
+def test_draw_iou_histograms_one_histogram_per_series_with_counts_and_means():
+    fig = draw_iou_histograms({"a": torch.tensor([0.1, 0.3, 0.35]), "b": torch.tensor([0.9])},
+                              bins=10, title="t")
+    ax = fig.axes[0]
+    assert count_artists(fig, GID_IOU_HIST) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "a (n=3, mean 0.25)", "b (n=1, mean 0.90)"]
+    assert ax.get_xlim() == (0, 1) and ax.get_title() == "t"
+    plt.close(fig)
+
+
+def test_add_gt_boxes_draws_each_ground_truth_box_dashed_gold() -> None:
+    from matplotlib.colors import to_rgba
+
+    from mnc_teach.viz.common import GID_GT, add_gt_boxes, find_artists
+
+    fig, ax = plt.subplots()
+    add_gt_boxes(ax, None)  # no ground truth: nothing drawn
+    assert find_artists(fig, GID_GT) == []
+    boxes = torch.tensor([[1.0, 2.0, 5.0, 9.0], [0.0, 0.0, 3.0, 3.0]], requires_grad=True)
+    add_gt_boxes(ax, boxes, linewidth=2.5)
+    drawn = find_artists(fig, GID_GT)
+    assert [tuple(r.get_xy()) + (r.get_width(), r.get_height()) for r in drawn] == [
+        (1.0, 2.0, 4.0, 7.0), (0.0, 0.0, 3.0, 3.0)]
+    assert all(r.get_linestyle() == "--" and r.get_linewidth() == 2.5 for r in drawn)
+    assert all(r.get_edgecolor() == to_rgba("gold") for r in drawn)

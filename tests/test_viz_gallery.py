@@ -1,15 +1,20 @@
 """viz.gallery: per image, its ground truth above and its best detections above the threshold
-below (capped, counted in the title), "no detections" said, and the axes reused on a redraw."""
+below (capped, counted in the title), "no detections" said, and the axes reused on a redraw;
+the failure gallery's rows, captions and outlines on a hand-built evaluation."""
 
 from __future__ import annotations
 
 import torch
-from fakes import FakeInstances
+from fakes import CLASSES, SIDE, FakeInstances, pred, rect, target
 
-from mnc_teach.viz.common import GID_BOX
+from mnc_teach.evaluation.analysis import analyze_matches
+from mnc_teach.viz.common import GID_BOX, count_artists
+from mnc_teach.viz.evaluation import GID_GT_OUTLINE, GID_PRED_MASK
 from mnc_teach.viz.gallery import (
     GID_NO_DETECTIONS,
+    draw_failures,
     draw_prediction_gallery,
+    failure_gallery_rows,
     new_gallery_figure,
 )
 from mnc_teach.viz.instances import GID_MASK
@@ -73,3 +78,54 @@ def test_new_gallery_figure_is_sized_for_its_images() -> None:
     assert small.get_size_inches()[0] == 4.0  # at least 4 inches wide
     assert large.get_size_inches()[0] > small.get_size_inches()[0]
     assert small.get_size_inches()[1] == large.get_size_inches()[1]
+
+
+def _failure_case():
+    """Image a: circles A and B, square C; image b: nothing. A found, then found again (a
+    duplicate); B covered at IoU 0.6; a triangle on C; a circle in b."""
+    gt_a, gt_b, gt_c = rect(0, 10, 0, 10), rect(20, 30, 0, 10), rect(0, 10, 20, 30)
+    ground_truth = [target("a", [gt_a, gt_b, gt_c], [1, 1, 2]), target("b", [], [])]
+    predictions = [pred("a", 1, gt_a, 0.9), pred("a", 1, rect(0, 9, 0, 10), 0.8),
+                   pred("a", 1, rect(24, 30, 0, 10), 0.7), pred("a", 3, gt_c, 0.6),
+                   pred("b", 1, gt_a, 0.95)]
+    return predictions, ground_truth
+
+
+def test_failure_gallery_rows_captions_and_outlines() -> None:
+    predictions, ground_truth = _failure_case()
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.5)
+    loaded = []
+
+    def load_image(i: int) -> torch.Tensor:
+        loaded.append(i)
+        return torch.rand(3, SIDE, SIDE)
+
+    rows = failure_gallery_rows(analysis, predictions, ground_truth, CLASSES, load_image,
+                                per_row=3, strict_iou=0.7)
+    assert list(rows) == ["false positives", "missed instances", "poor masks (IoU < 0.7)"]
+    fps = rows["false positives"]
+    assert [item.caption for item in fps] == [
+        "circle 0.95\nno GT of its class, IoU 0.00",  # image b
+        "circle 0.80\nduplicate, IoU 0.90",
+        "triangle 0.60\nwrong class: a square, IoU 1.00",
+    ]
+    assert fps[0].gt_mask is None  # nothing to outline in image b
+    assert torch.equal(fps[2].gt_mask, ground_truth[0]["masks"][2])  # the square it covers
+    missed = rows["missed instances"]  # C: no square was predicted
+    assert [item.caption for item in missed] == ["square in a\nnearest IoU 0.000"]
+    assert missed[0].pred_mask is None
+    poor = rows["poor masks (IoU < 0.7)"]  # B, matched at 0.5 with IoU 0.6
+    assert [item.caption for item in poor] == ["circle 0.70\nIoU 0.600"]
+    assert sorted(loaded) == [0, 1]  # each image shown is loaded once
+
+
+def test_draw_failures_draws_the_rows() -> None:
+    predictions, ground_truth = _failure_case()
+    analysis = analyze_matches(predictions, ground_truth, CLASSES, iou_threshold=0.5)
+    fig = draw_failures(analysis, predictions, ground_truth, CLASSES,
+                        lambda i: torch.rand(3, SIDE, SIDE), per_row=4, title="failures")
+    assert len(fig.axes) == 3 * 4
+    # outlines: 2 of the 3 FPs shown (image b has none), the missed C, B under its poor mask
+    assert count_artists(fig, GID_GT_OUTLINE) == 2 + 1 + 1
+    assert count_artists(fig, GID_PRED_MASK) == 3 + 0 + 1
+    assert fig.axes[4].get_title() == "square in a\nnearest IoU 0.000"

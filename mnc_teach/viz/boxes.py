@@ -3,6 +3,8 @@
     draw_boxes_and_iou   two boxes, their intersection, IoU in the title
     draw_box_coding      an anchor, a ground-truth box and the deltas between them
     draw_anchors         anchors coloured by their matching label, ground truth dashed gold
+    draw_best_anchor_rule  per object: its IoU >= 0.7 anchors, or its best anchor (positive by
+                         the best-anchor rule) with that IoU written
     draw_nms             boxes before and after non-maximum suppression
 
 Conventions: :mod:`mnc_teach.viz.common`.
@@ -26,6 +28,7 @@ from mnc_teach.viz.common import (
     GID_BOX,
     GID_GT,
     add_box,
+    add_gt_boxes,
     as_numpy,
     fit_view,
     image_hwc,
@@ -34,12 +37,14 @@ from mnc_teach.viz.common import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_PER_KIND", "GID_ANCHORS", "GID_INTERSECTION",
-    "draw_anchors", "draw_box_coding", "draw_boxes_and_iou", "draw_nms",
+    "DEFAULT_MAX_PER_KIND", "GID_ANCHORS", "GID_BEST_ANCHOR", "GID_INTERSECTION",
+    "draw_anchors", "draw_best_anchor_rule", "draw_box_coding", "draw_boxes_and_iou", "draw_nms",
 ]
 
 GID_ANCHORS = "anchors"  # one PatchCollection per anchor kind; gid "anchors-<kind>"
 GID_INTERSECTION = "intersection"  # the shaded intersection of draw_boxes_and_iou
+GID_BEST_ANCHOR = "best-anchor"  # draw_best_anchor_rule: one Rectangle per rescued best anchor
+BEST_ANCHOR_COLOR = "magenta"
 ANCHOR_STYLE = {  # kind -> (colour, line alpha, line width); positives stand out, negatives faint
     "positive": ("tab:green", 0.9, 1.5),
     "negative": ("tab:red", 0.3, 0.6),
@@ -142,6 +147,16 @@ def _add_anchor_kind(ax: Axes, anchors: np.ndarray, kind: str, shown: np.ndarray
     return Patch(facecolor="none", edgecolor=color, label=f"{name}: {total}{drawn}")
 
 
+def _legend_beside(fig: Figure, ax: Axes, handles: list, owns_figure: bool) -> None:
+    """The legend right of the picture in a figure of its own, else inside the given axes."""
+    if owns_figure:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
+                  frameon=False)
+        fig.subplots_adjust(left=0.02, right=0.64, bottom=0.02, top=0.92)
+    else:  # inside the given axes, so it cannot spill over a neighbouring panel
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
+
+
 def draw_anchors(
     image: Tensor | None, anchors: Tensor, labels: Tensor | None = None,
     gt_boxes: Tensor | None = None, *, ax: Axes | None = None,
@@ -179,21 +194,77 @@ def draw_anchors(
     kinds = _anchor_kinds(labels, len(anchors_np))
     handles = [_add_anchor_kind(ax, anchors_np, kind, _pick(indices, max_per_kind, seed),
                                 len(indices)) for kind, indices in kinds.items()]
+    add_gt_boxes(ax, gt_boxes, linewidth=2.5)
     if gt_boxes is not None:
-        for box in as_numpy(gt_boxes).reshape(-1, 4):
-            add_box(ax, box, "gold", GID_GT, linewidth=2.5, linestyle="--")
         handles.append(Patch(facecolor="none", edgecolor="gold", linestyle="--",
                              label="ground truth"))
-    if owns_figure:  # legend to the right of the picture
-        ax.legend(handles=handles[::-1], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
-                  frameon=False)
-        fig.subplots_adjust(left=0.02, right=0.64, bottom=0.02, top=0.92)  # room for the legend
-    else:  # inside the given axes, so it cannot spill over a neighbouring panel
-        ax.legend(handles=handles[::-1], loc="upper right", fontsize=7, framealpha=0.8)
+    _legend_beside(fig, ax, handles[::-1], owns_figure)
     if image is not None:
         ax.set_axis_off()
     if title is not None:
         ax.set_title(title, fontsize=9)
+    return fig
+
+
+def draw_best_anchor_rule(
+    image: Tensor, anchors: Tensor, gt_boxes: Tensor, *, positive_iou: float = 0.7,
+    ax: Axes | None = None, title: str | None = None,
+) -> Figure:
+    """Faster R-CNN's two positive rules on one image, object by object.
+
+    An object with anchors at IoU >= ``positive_iou`` gets those as positives (rule 1, green).
+    An object with none gets its best anchor(s) (the largest IoU, ties included) as positives
+    anyway (rule 2, the best-anchor rule): drawn thick magenta with that IoU written on it.
+
+    Args:
+        image (Tensor[3, H, W], float in [0, 1]): background.
+        anchors (Tensor[T, 4], xyxy pixels): the anchors that take part (those inside the image).
+        gt_boxes (Tensor[G, 4], xyxy pixels): the objects, drawn dashed gold (gid GID_GT).
+        positive_iou: the IoU of rule 1 (the paper's 0.7).
+
+    Returns:
+        The figure: rule-1 positives as one PatchCollection with gid ``"anchors-positive"``,
+        one Rectangle (gid GID_BEST_ANCHOR) and one text ``"IoU 0.52"`` per rescued anchor.
+    """
+    owns_figure = ax is None
+    fig, ax = new_axes(ax, (6.4, 4.2))
+    pixels = image_hwc(image)
+    ax.imshow(pixels, interpolation="nearest")
+    anchors = torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 4)
+    gt_boxes = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4)
+    iou = box_iou(gt_boxes, anchors)  # (G, T)
+    best = iou.max(dim=1).values if anchors.numel() else iou.new_zeros(len(gt_boxes))  # (G,)
+    by_rule_1 = (iou >= positive_iou).any(dim=0)  # (T,)
+    rescued = (iou == best[:, None]) & (best < positive_iou)[:, None] & (best > 0)[:, None]
+    positives = np.flatnonzero(as_numpy(by_rule_1))
+    rule_1 = _add_anchor_kind(ax, as_numpy(anchors), "positive", positives, len(positives))
+    rule_1.set_label(f"IoU ≥ {positive_iou:g} (positive): {len(positives)}")
+    for g, box in enumerate(as_numpy(gt_boxes)):  # dashed over the positives: both stay visible
+        add_box(ax, box, "gold", GID_GT, linewidth=2.5, linestyle="--")
+        ax.text(box[0] + 1, box[3] - 1, f"object {g}", color="black", fontsize=7, va="bottom",
+                bbox={"facecolor": "gold", "alpha": 0.8, "pad": 1, "linewidth": 0})
+    for g, t in torch.nonzero(rescued).tolist():
+        add_box(ax, anchors[t], BEST_ANCHOR_COLOR, GID_BEST_ANCHOR, linewidth=2.5)
+        x1, y1 = anchors[t, :2].tolist()
+        ax.text(x1 + 1, y1 + 1, f"IoU {iou[g, t].item():.2f}", color=BEST_ANCHOR_COLOR, fontsize=8,
+                va="top", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "linewidth": 0})
+    num_rescued = int(rescued.any(dim=1).sum())
+    handles = [
+        Patch(facecolor="none", edgecolor="gold", linestyle="--",
+              label=f"objects: {len(gt_boxes)}"),
+        rule_1,
+        Patch(facecolor="none", edgecolor=BEST_ANCHOR_COLOR,
+              label=f"best anchor, IoU < {positive_iou:g}\n(positive by the rule): {num_rescued}"),
+    ]
+    _legend_beside(fig, ax, handles, owns_figure)
+    if owns_figure:
+        fig.subplots_adjust(top=0.88)  # room for a title of two lines
+    fit_view(ax, [[0, 0, pixels.shape[1], pixels.shape[0]]], margin=0.0)
+    ax.set_axis_off()
+    if title is None:
+        title = (f"{num_rescued} of {len(gt_boxes)} objects have no anchor at IoU ≥ "
+                 f"{positive_iou:g}:\ntheir best anchor is positive anyway")
+    ax.set_title(title, fontsize=9)
     return fig
 
 

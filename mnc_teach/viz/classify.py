@@ -2,6 +2,7 @@
 
     draw_mask_pooling   one feature channel, the mask on its grid, and their product
     draw_class_scores   the (K+1)-way probabilities of each RoI, one bar chart per RoI
+    draw_regression_iou IoU with the object before vs after stage 3's box regression
 
 Conventions: :mod:`mnc_teach.viz.common`.
 
@@ -20,18 +21,20 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mnc_teach.stage3_classify import mask_pool
-from mnc_teach.viz.common import add_box, as_numpy, image_hwc
+from mnc_teach.viz.common import add_box, as_numpy, draw_iou_histograms, image_hwc
 from mnc_teach.viz.masks import GID_ROI_BOX, MASK_CMAP
 
 __all__ = [
-    "GID_FEATURE", "GID_POOL_MASK", "GID_POOLED", "GID_SCORE_BAR",
-    "draw_class_scores", "draw_mask_pooling",
+    "GID_DIAGONAL", "GID_FEATURE", "GID_IOU_POINTS", "GID_POOL_MASK", "GID_POOLED",
+    "GID_SCORE_BAR", "draw_class_scores", "draw_mask_pooling", "draw_regression_iou",
 ]
 
 GID_FEATURE = "feature-map"  # one channel of RoI features, P x P
 GID_POOL_MASK = "pool-mask"  # the soft mask resized to P x P
 GID_POOLED = "pooled-feature"  # feature channel x mask
 GID_SCORE_BAR = "score-bar"  # one bar per (RoI, class)
+GID_IOU_POINTS = "iou-points"  # the scatter of (IoU before, IoU after), one point per RoI
+GID_DIAGONAL = "iou-diagonal"  # the line "after = before"
 
 FEATURE_CMAP = "magma"
 
@@ -120,5 +123,38 @@ def draw_class_scores(
         ax.set_ylim(0, 1)
         ax.set_title(titles[r] if titles is not None else f"RoI {r}", fontsize=8)
     axes[0, 0].set_ylabel("probability")
+    fig.tight_layout()
+    return fig
+
+
+def draw_regression_iou(iou_before: Tensor, iou_after: Tensor, *, title: str = "") -> Figure:
+    """Stage 3's box regression judged by IoU with each RoI's object: a scatter of the IoU
+    after vs before, with the diagonal (above it: the box moved closer), and both histograms.
+
+    Args:
+        iou_before (Tensor[R]): IoU of each RoI (a proposal) with its object.
+        iou_after (Tensor[R]): IoU of the regressed box with the same object.
+
+    Returns:
+        The figure with 2 axes: one GID_IOU_POINTS collection of R points, one GID_DIAGONAL
+        line, and two ``viz.common.GID_IOU_HIST`` histograms.
+    """
+    before = as_numpy(iou_before).reshape(-1).astype(np.float64)
+    after = as_numpy(iou_after).reshape(-1).astype(np.float64)
+    if before.shape != after.shape:
+        raise ValueError(f"draw_regression_iou: {len(before)} IoUs before but {len(after)} after")
+    fig, (scatter, hist) = plt.subplots(1, 2, figsize=(10, 4))
+    better = after > before
+    colors = np.where(better, "tab:green", "tab:red")
+    scatter.scatter(before, after, s=8, c=colors, alpha=0.6).set_gid(GID_IOU_POINTS)
+    scatter.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1)[0].set_gid(GID_DIAGONAL)
+    low = float(min(before.min(initial=1.0), after.min(initial=1.0)))
+    scatter.set(xlim=(min(low, 0.5) - 0.02, 1.0), ylim=(min(low, 0.5) - 0.02, 1.0),
+                aspect="equal", xlabel="IoU of the proposal", ylabel="IoU after the regression",
+                title=f"{int(better.sum())} of {len(before)} RoIs move closer (green)")
+    draw_iou_histograms({"proposals": iou_before, "regressed boxes": iou_after}, ax=hist,
+                        title="the same RoIs", xlabel="IoU with the object")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

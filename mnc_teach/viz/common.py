@@ -29,14 +29,17 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 __all__ = [
-    "GID_BOX", "GID_GT", "PNG_DPI",
-    "add_box", "as_numpy", "count_artists", "figure_png", "find_artists", "fit_view", "image_hwc",
-    "instance_colors", "mask_overlay", "new_axes", "zoom_to_box",
+    "GID_BOX", "GID_GT", "GID_IOU_HIST", "PNG_DPI",
+    "add_box", "add_gt_boxes", "as_numpy", "count_artists", "draw_iou_histograms", "figure_png",
+    "find_artists", "fit_view", "image_hwc", "instance_colors", "mask_overlay", "new_axes",
+    "zoom_to_box",
 ]
 
 GID_BOX = "instance-box"  # one Rectangle per instance (or per box of a box drawing)
 GID_GT = "gt-box"  # one Rectangle per ground-truth box, drawn dashed gold
+GID_IOU_HIST = "iou-histogram"  # one step histogram per series of draw_iou_histograms
 PNG_DPI = 80  # resolution of the PNG bytes the widgets send to the page
+HIST_LINESTYLES = ("-", "--", ":", "-.")  # histograms that coincide stay visible
 
 
 def find_artists(fig: Figure, gid: str) -> list[Artist]:
@@ -104,6 +107,15 @@ def add_box(ax: Axes, box, color, gid: str, *, linewidth: float = 1.5,
     ax.add_patch(rect)
 
 
+def add_gt_boxes(ax: Axes, gt_boxes: Tensor | np.ndarray | None, *, linewidth: float = 1.5) -> None:
+    """The ground-truth boxes (Tensor[G, 4] xyxy pixels, or None for none) the way every picture
+    draws them: dashed gold, gid ``GID_GT``."""
+    if gt_boxes is None:
+        return
+    for box in as_numpy(gt_boxes).reshape(-1, 4):
+        add_box(ax, box, "gold", GID_GT, linewidth=linewidth, linestyle="--")
+
+
 def fit_view(ax: Axes, boxes: np.ndarray, margin: float) -> None:
     """Show all ``boxes`` [R, 4] plus ``margin`` (a fraction of the larger side), y downwards."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -132,3 +144,35 @@ def figure_png(fig: Figure) -> bytes:
     # compress_level 1: encodes faster, the file is a little larger
     fig.savefig(buffer, format="png", dpi=PNG_DPI, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
+
+
+def draw_iou_histograms(
+    ious: dict[str, Tensor], *, bins: int = 20, mark: float | None = 0.5, title: str = "",
+    xlabel: str = "IoU", ax: Axes | None = None,
+) -> Figure:
+    """Histograms of IoUs in [0, 1], one outlined histogram per named series (its own colour and
+    line style, so identical histograms stay visible), on one axes.
+
+    Args:
+        ious: ``{name: Tensor[n]}``; the legend gives each name with its n and mean.
+        bins: equal bins over [0, 1].
+        mark: a dotted vertical line there (e.g. the 0.5 of "good enough"); None: none.
+
+    Returns:
+        The figure; ``count_artists(fig, GID_IOU_HIST) == len(ious)``.
+    """
+    fig, ax = new_axes(ax, (5.0, 3.0))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for i, (name, values) in enumerate(ious.items()):
+        values = as_numpy(values).reshape(-1).astype(np.float64)
+        mean = f"mean {values.mean():.2f}" if len(values) else "empty"
+        *_, patches = ax.hist(values, bins=edges, histtype="step", linewidth=1.8,
+                              linestyle=HIST_LINESTYLES[i % len(HIST_LINESTYLES)],
+                              label=f"{name} (n={len(values)}, {mean})")
+        for patch in patches:
+            patch.set_gid(GID_IOU_HIST)
+    if mark is not None:
+        ax.axvline(mark, color="0.4", linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), xlabel=xlabel, ylabel="count", title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig

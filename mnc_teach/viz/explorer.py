@@ -26,8 +26,8 @@ from torch import Tensor
 
 from mnc_teach.postprocess import paste_masks
 from mnc_teach.viz.common import (
-    GID_GT,
     add_box,
+    add_gt_boxes,
     as_numpy,
     image_hwc,
     mask_overlay,
@@ -144,8 +144,7 @@ def _stage1_panel(ax: Axes, view: StageView, pixels: np.ndarray) -> None:
     """The proposal on its image (and its regressed box dotted), the ground truth dashed gold."""
     height, width = pixels.shape[:2]
     ax.imshow(pixels, interpolation="nearest")
-    for gt in as_numpy(view.gt_boxes).reshape(-1, 4):
-        add_box(ax, gt, "gold", GID_GT, linewidth=1.5, linestyle="--")
+    add_gt_boxes(ax, view.gt_boxes)
     add_box(ax, as_numpy(view.box).reshape(4), ROI_COLOR, GID_ROI_BOX, linewidth=2.5)
     if view.refined_box is not None:
         add_box(ax, as_numpy(view.refined_box).reshape(4), ROI_COLOR, GID_REFINED_BOX,

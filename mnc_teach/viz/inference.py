@@ -18,8 +18,8 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from mnc_teach.viz.common import (
-    GID_GT,
     add_box,
+    add_gt_boxes,
     as_numpy,
     image_hwc,
     instance_colors,
@@ -41,7 +41,7 @@ GID_VOTER_BOX = "voter-box"  # one box per voter
 GID_VOTED_MASK = "voted-mask"  # the score-weighted average of the voters' pasted masks (soft)
 GID_VOTED_BOX = "voted-box"  # the tight box of the voted mask >= threshold
 
-MASK_THRESHOLD = 0.4  # binarisation of pasted / voted masks [code BINARIZE_THRESH, MNC_SPEC §8]
+MASK_THRESHOLD = 0.4  # binarisation of pasted / voted masks [code BINARIZE_THRESH]
 OWN_MASK_COLOR = (0.1, 0.6, 1.0)  # light blue
 VOTED_CMAP = "magma"  # voted soft mask: black 0, yellow 1
 VOTER_CMAP = "viridis"  # voter boxes coloured by their voting weight
@@ -75,8 +75,7 @@ def draw_box_refinement(
     fig, ax = new_axes(ax, (4.5, 4.5))
     pixels = image_hwc(image)
     ax.imshow(pixels, interpolation="nearest")
-    for box in as_numpy(gt_boxes if gt_boxes is not None else np.zeros((0, 4))).reshape(-1, 4):
-        add_box(ax, box, "gold", GID_GT, linewidth=2.0, linestyle="--")
+    add_gt_boxes(ax, gt_boxes, linewidth=2.0)
     colors = instance_colors(len(before))
     pairs = zip(colors, before, after, _centres(before), _centres(after), strict=True)
     for color, box_before, box_after, start, end in pairs:
@@ -128,7 +127,8 @@ def draw_mask_voting(
     voter_weights: Tensor, voted_mask: Tensor, voted_box: Tensor | None = None,
     mask_threshold: float = MASK_THRESHOLD, title: str | None = None,
 ) -> Figure:
-    """Mask voting for one kept detection, in three panels (MNC_SPEC §8).
+    """Mask voting for one kept detection, in three panels (docs/paper_vs_code.md, section
+    "Inference").
 
     Args:
         image (Tensor[3, H, W], float in [0, 1]).

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mnc_teach.viz.common import GID_GT, add_box, as_numpy, image_hwc, new_axes
+from mnc_teach.viz.common import add_box, add_gt_boxes, as_numpy, image_hwc, new_axes
 
 __all__ = [
     "GID_PROPOSAL", "GID_RECALL", "draw_proposal_view", "draw_proposals", "draw_recall_curve",
@@ -61,8 +61,7 @@ def draw_proposals(
     for i in order if scores_np is None else order[::-1]:  # worst first: the best end on top
         color = "tab:cyan" if scores_np is None else cmap(float(scores_np[i]))
         add_box(ax, boxes_np[i], color, GID_PROPOSAL, linewidth=1.0)
-    for box in as_numpy(gt_boxes if gt_boxes is not None else np.zeros((0, 4))).reshape(-1, 4):
-        add_box(ax, box, "gold", GID_GT, linewidth=2.0, linestyle="--")
+    add_gt_boxes(ax, gt_boxes, linewidth=2.0)
     ax.set_xlim(0, pixels.shape[1])
     ax.set_ylim(pixels.shape[0], 0)
     ax.set_axis_off()

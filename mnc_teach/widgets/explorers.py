@@ -24,10 +24,10 @@ import ipywidgets as widgets
 import torch
 from torch import Tensor, nn
 
-from mnc_teach.boxes import box_iou
 from mnc_teach.cascade import batch_images
 from mnc_teach.engine.checkpoint import load_model
 from mnc_teach.engine.inference import eval_mode, model_device
+from mnc_teach.evaluation.proposals import best_overlaps, proposal_recall
 from mnc_teach.matching import match_rois
 from mnc_teach.stage1_rpn import generate_proposals
 from mnc_teach.stage2_masks import mask_targets
@@ -49,11 +49,8 @@ def _slider(value: int, maximum: int, description: str) -> widgets.IntSlider:
 
 def _recall(boxes: Tensor, gt_boxes: Tensor, iou: float) -> tuple[int, int]:
     """(objects covered by a box with IoU >= ``iou``, objects)."""
-    if len(gt_boxes) == 0:
-        return 0, 0
-    if len(boxes) == 0:
-        return 0, len(gt_boxes)
-    return int((box_iou(gt_boxes, boxes).max(dim=1).values >= iou).sum()), len(gt_boxes)
+    covered = best_overlaps(gt_boxes, boxes, [len(boxes)])[0] >= iou  # (G,)
+    return int(covered.sum()), len(gt_boxes)
 
 
 class _ModelExplorer(Explorer):
@@ -153,13 +150,10 @@ class ProposalViewer(_ModelExplorer):
             counts = [n for n in RECALL_COUNTS if n < top_k] + [top_k]
             proposals = [(self._proposals(self._rpn_results[i])[0], self._rpn_results[i].gt_boxes)
                          for i in self.recall_indices]
-            curves, final = {}, {}
-            for iou in RECALL_IOUS:
-                hits = [[_recall(boxes[:n], gt, iou) for boxes, gt in proposals]
-                        for n in counts]  # [n][image]
-                curves[f"IoU {iou:g}"] = [sum(h for h, _ in row) / max(sum(g for _, g in row), 1)
-                                          for row in hits]
-                final[iou] = curves[f"IoU {iou:g}"][-1]
+            recall = proposal_recall([gt for _, gt in proposals], [b for b, _ in proposals],
+                                     counts, RECALL_IOUS)  # {iou: [recall per count]}
+            curves = {f"IoU {iou:g}": values for iou, values in recall.items()}
+            final = {iou: values[-1] for iou, values in recall.items()}
             self._curves = (settings, (counts, curves, final))
         return self._curves[1]
 
