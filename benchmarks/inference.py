@@ -5,7 +5,8 @@ fc6/fc7, vs torchvision's Mask R-CNN (ResNet-50-FPN).
                                    [--fc6-rank T6] [--fc7-rank T7] [--no-svd] [--amp] [--profile]
 
 Every model gets random weights (nothing is downloaded) and the same 600 x 1000 image (the
-paper's test scale, MNC_SPEC §8); Mask R-CNN is told to keep that size (min_size 600,
+paper's test scale, docs/paper_vs_code.md: inference); Mask R-CNN is told to keep that size
+(min_size 600,
 max_size 1000). "MNC + SVD" is MNC with ``stage3_classify.compress_fc_layers`` applied to
 both classifier pathways (Fast R-CNN §3.1; default ranks 1024 for fc6 and 256 for fc7, Fast
 R-CNN's on VGG-16); the time the compression takes is printed (once, on the first device). With
@@ -41,7 +42,8 @@ import mnc_teach.cascade as cascade  # noqa: E402
 from mnc_teach.config import override, voc_vgg16_paper  # noqa: E402
 from mnc_teach.stage3_classify import compress_fc_layers  # noqa: E402
 
-IMAGE_SIZE = (600, 1000)  # (H, W) [MNC_SPEC §8: short side 600, long side at most 1000]
+# (H, W) [docs/paper_vs_code.md: inference: short side 600, long side at most 1000]
+IMAGE_SIZE = (600, 1000)
 WARMUP = 1
 MASKRCNN = "Mask R-CNN R50-FPN (torchvision)"
 

@@ -3,7 +3,8 @@
     python benchmarks/roi_warp.py [--repeats N] [--rois R] [--channels C] [--threads 1 2]
                                   [--device cpu|cuda]
 
-Setting (MNC_SPEC §3, §5): a 600 x 800 image at stride 16 gives a 1 x C x 38 x 50 feature map;
+Setting (docs/paper_vs_code.md: stages 2-3): a 600 x 800 image at stride 16 gives a 1 x C x 38 x 50
+feature map;
 R RoIs; 14 x 14 output. Compared, in the same run and on the same device:
     ours pool=1        roi_warp_pool(..., output_size=14, pool=1): one bilinear sample per output
                        cell (the fast version: sparse G(B), one autograd node)
@@ -41,8 +42,8 @@ from mnc_teach.roi_warp import (  # noqa: E402
     roi_warp_pool_reference,
 )
 
-IMAGE_SIZE = (600, 800)  # (H, W): the paper's short side 600 [MNC_SPEC §7]
-STRIDE = 16  # VGG-16 conv5_3 [MNC_SPEC §1]
+IMAGE_SIZE = (600, 800)  # (H, W): the paper's short side 600 [docs/paper_vs_code.md: training]
+STRIDE = 16  # VGG-16 conv5_3 [docs/paper_vs_code.md]
 WARMUP = 2  # untimed calls first (allocator, kernel selection)
 
 

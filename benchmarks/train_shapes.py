@@ -55,6 +55,31 @@ def shapes_config(
     return cfg if steps is None else shortened(cfg, steps)
 
 
+def train_and_score(cfg, out: str | Path, *, device: str | None = None) -> dict:
+    """Train ``cfg`` into ``out`` (replacing a run there), predict its val split, score it.
+
+    Returns wall times (``train_s``, ``predict_s``), ``steps``, ``train_images``,
+    ``detections`` and ``report`` (:func:`evaluate_predictions`' dict: ``mAP_r@0.5`` ...).
+    benchmarks/detach_ablation.py uses it too."""
+    train_set, val_set = build_datasets(cfg)
+    start = time.perf_counter()
+    history = train(cfg, out, datasets=(train_set, None), device=device, overwrite=True)
+    train_s = time.perf_counter() - start
+    steps = history.steps[-1]["step"] if history.steps else 0
+    t = cfg.train
+    model, _ = load_model(Path(out) / "checkpoint.pt", device=device)
+    start = time.perf_counter()
+    results = predict(model, val_set, progress=False)
+    predict_s = time.perf_counter() - start
+    ground_truth = [val_set.load_target(i) for i in range(len(val_set))]
+    report = evaluate_predictions(results, ground_truth, val_set.class_names)
+    return {
+        "train_s": train_s, "predict_s": predict_s, "steps": steps,
+        "train_images": steps * t.images_per_batch * t.accumulate,
+        "detections": len(results), "report": report,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -93,28 +118,17 @@ def main() -> None:
         f"warm-up {t.warmup_steps}"
     )
 
-    start = time.perf_counter()
-    history = train(cfg, args.out, datasets=(train_set, None), device=args.device, overwrite=True)
-    train_s = time.perf_counter() - start
-    steps = history.steps[-1]["step"] if history.steps else 0
-    train_images = steps * t.images_per_batch * t.accumulate
-
-    model, _ = load_model(Path(args.out) / "checkpoint.pt", device=args.device)
-    start = time.perf_counter()
-    results = predict(model, val_set, progress=False)
-    predict_s = time.perf_counter() - start
-
-    ground_truth = [val_set.load_target(i) for i in range(len(val_set))]
-    report = evaluate_predictions(results, ground_truth, val_set.class_names)
-
+    scores = train_and_score(cfg, args.out, device=args.device)
     print(
-        f"\ntrain   {train_s:8.1f} s  {steps} steps, {train_images} images, "
-        f"{train_images / train_s:.2f} images/s"
+        f"\ntrain   {scores['train_s']:8.1f} s  {scores['steps']} steps, "
+        f"{scores['train_images']} images, "
+        f"{scores['train_images'] / scores['train_s']:.2f} images/s"
     )
     print(
-        f"predict {predict_s:8.1f} s  {len(val_set)} images, "
-        f"{len(val_set) / predict_s:.2f} images/s, {len(results)} detections"
+        f"predict {scores['predict_s']:8.1f} s  {len(val_set)} images, "
+        f"{len(val_set) / scores['predict_s']:.2f} images/s, {scores['detections']} detections"
     )
+    report = scores["report"]
     for threshold in ("0.5", "0.7"):
         aps = report[f"mAP_r@{threshold}"]
         print(
