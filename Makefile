@@ -5,10 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # JupyterLab listens here; override e.g. `make lab LAB_ARGS="--no-browser --port 8899"`.
 LAB_ARGS ?=
+# `make assignments` lays out the nbgrader course folder here (the student version in release/mnc)
+COURSE_DIR ?= build/course
 # Jupyter refuses to run as root unless told; containers and cloud machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help venv lab test test-fast lint shapes html clean
+.PHONY: help venv lab test test-fast lint shapes html html-fast assignments clean
 
 help:
 	@echo "make lab        create the environment if missing and open the course in JupyterLab"
@@ -16,7 +18,9 @@ help:
 	@echo "make test-fast  unit tests only (skips executing the notebooks and the browser test)"
 	@echo "make lint       ruff over the package and tests"
 	@echo "make shapes     generate the synthetic shapes dataset into data/shapes"
-	@echo "make html       execute every notebook (fast mode) and render it to build/*.html (open build/index.html)"
+	@echo "make html       execute every notebook in full mode and render it to build/*.html, readable offline (open build/index.html)"
+	@echo "make html-fast  the same in fast mode (small data, a few training steps; also: make html FAST=1)"
+	@echo "make assignments  the course as an nbgrader assignment in $(COURSE_DIR) (instructors; see its README.md)"
 	@echo "make clean      remove caches (keeps the environment and data)"
 
 venv: $(STAMP)
@@ -48,9 +52,17 @@ lint: $(STAMP)
 shapes: $(STAMP)
 	$(BIN)/python -m mnc_teach shapes --root data/shapes
 
-# Executes into build/ (datasets and runs in build/data, build/runs); data/ and notebooks/ stay untouched.
+# Executes into build/ (datasets and runs in build/full/, fast mode: build/fast/); data/ and notebooks/ stay
+# untouched. npm fetches the pages' scripts once (scripts/offline_pages.py); without it they use CDNs.
+FAST ?= 0
 html: $(STAMP)
-	$(BIN)/python scripts/render_course.py --build-dir build
+	$(BIN)/python scripts/render_course.py --build-dir build $(if $(filter 1,$(FAST)),--fast,)
+
+html-fast: $(STAMP)
+	$(BIN)/python scripts/render_course.py --build-dir build --fast
+
+assignments: $(STAMP)
+	$(BIN)/python -m mnc_teach assignments build --out $(COURSE_DIR)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build

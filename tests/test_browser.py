@@ -1,12 +1,18 @@
-"""The stage explorer in a real JupyterLab, driven by headless Chromium through Playwright.
+"""The stage explorer in a real JupyterLab, driven by headless Chromium through Playwright; and a
+rendered page (`make html`) read in Chromium with the network off.
 
 Starts ``jupyter lab`` on 127.0.0.1 with a random token and throw-away config/runtime/IPython
 folders, opens ``tests/browser/stage_explorer_demo.ipynb`` (a copy), runs it from the Run menu,
 moves the "image" slider with the keyboard and checks that the figure's PNG changed. Screenshots
 (before.png, after.png; failure.png on failure) go to the test's temp folder.
 
+The offline test renders a tiny notebook (a widget with a figure, formulas) with the pages' scripts
+from npm (scripts/offline_pages.py; fetched once, cached in ~/.cache/mnc-teach/web) and checks in
+Chromium, every network request refused, that the figure and the formulas render.
+
 Uses Debian's ``chromium`` (/usr/bin/chromium); Playwright never downloads a browser here. Without
-it the test skips, unless MNC_REQUIRE_BROWSER=1 (set by .ci/run), where it fails.
+it (or, for the offline test, without npm or its registry) the tests skip, unless
+MNC_REQUIRE_BROWSER=1 (set by .ci/run), where they fail.
 """
 
 from __future__ import annotations
@@ -222,3 +228,69 @@ def test_stage_explorer_slider_redraws_in_jupyterlab(lab, tmp_path: Path) -> Non
     assert before.startswith("data:image/png;base64,")
     assert after.startswith("data:image/png;base64,")
     assert after != before
+
+
+# a widget like the course's explorers (slider, icon button, figure in an Output), and formulas
+OFFLINE_MARKDOWN = ("# 00 · Offline\n\nThe loss $L = L_1 + L_2 + L_3$, and\n\n"
+                    "$$\\frac{\\partial L}{\\partial x_1} = \\sum_i w_i$$")
+OFFLINE_WIDGET = """\
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+slider = widgets.IntSlider(value=3, max=9, description="image")
+output = widgets.Output()
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot([0, 1, 2], [0, slider.value, 0])
+ax.set_title("a figure in a widget")
+with output:
+    display(fig)
+plt.close(fig)
+widgets.VBox([slider, widgets.Button(description="Reload", icon="refresh"), output])
+"""
+
+
+
+@pytest.mark.browser
+def test_rendered_page_shows_widget_figure_and_formulas_with_the_network_off(
+    render_course, tmp_path: Path
+) -> None:
+    require_browser()
+    offline = sys.modules["offline_pages"]
+    try:
+        offline.fetch_web_packages()  # once: later runs find them in the cache
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError) as error:
+        required = os.environ.get("MNC_REQUIRE_BROWSER") == "1"
+        (pytest.fail if required else pytest.skip)(
+            f"npm could not fetch the pages' scripts ({type(error).__name__}: {error}); the "
+            "offline pages need npm (Node.js) and its registry once")
+    cells = [nbformat.v4.new_markdown_cell(OFFLINE_MARKDOWN),
+             nbformat.v4.new_code_cell(OFFLINE_WIDGET)]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    notebook_path = tmp_path / "00_offline.ipynb"
+    nbformat.write(notebook, notebook_path)
+    build = tmp_path / "build"
+    results = render_course.render_course([notebook_path], build, fast=True, log=print)
+    assert [result.error for result in results] == [None]
+
+    check = offline.check_page(build / "00_offline.html", tmp_path / "screenshots",
+                               chromium=CHROMIUM)
+
+    print(check.summary())
+    assert check.problems() == []
+    assert check.views == check.rendered == 1
+    assert [figure["visible"] for figure in check.figures] == [True]
+    assert check.mathjax == "3.2.2" and check.formulas == 2
+    assert check.blocked == [] and check.failed == []  # nothing asked the network; fonts loaded
+    assert [path.name for path in check.screenshots] == ["00_offline.widget.png",
+                                                         "00_offline.formula.png"]
+    # the same page with its scripts on a CDN: refused, and the check says what is missing
+    online = build / "00_online.html"
+    online.write_text((build / "00_offline.html").read_text().replace(
+        '"_static/', '"https://unpkg.com/').replace("'_static/", "'https://unpkg.com/"))
+    check = offline.check_page(online, tmp_path / "screenshots", timeout_ms=5_000,
+                               chromium=CHROMIUM)
+    assert check.blocked and check.problems()[:3] == [
+        "0 of 1 widget views rendered", "no widget figure visible", "MathJax did not load"]
