@@ -235,7 +235,9 @@ notebooks with <code>make lab</code>.</p>
 
 
 def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    """539.6 -> "9 min 0 s": rounded to whole seconds first, so never "8 min 60 s"."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s"
 
 
 def render_course(
