@@ -129,9 +129,8 @@ def anchors_inside_image(
     """Which anchors lie fully inside the image (up to ``allowed_border`` pixels outside).
 
     Stage 1 ignores the other anchors during training (``allowed_border = 0``,
-    docs/paper_vs_code.md: stage 1, ``MNC/lib/pylayer/anchor_target_layer.py``). The official test
-    on
-    inclusive corners, ``x2 < W + border``, reads ``x2 <= W + border`` in continuous
+    docs/paper_vs_code.md: stage 1, ``MNC/lib/pylayer/anchor_target_layer.py``). The official
+    test on inclusive corners, ``x2 < W + border``, reads ``x2 <= W + border`` in continuous
     coordinates, because the continuous right edge is the inclusive one plus 1.
 
     Args:

@@ -302,9 +302,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_threshold:
     """NMS run independently within each label (``torchvision.ops.batched_nms``).
 
     Boxes with different labels never suppress each other. This is the per-class NMS of
-    MNC's post-processing (docs/paper_vs_code.md: inference). Equal to running :func:`nms` on each
-    label's
-    boxes and merging the kept indices by decreasing score.
+    MNC's post-processing (docs/paper_vs_code.md: inference). Equal to running :func:`nms` on
+    each label's boxes and merging the kept indices by decreasing score.
 
     Args:
         boxes (Tensor[B, 4], float, xyxy pixels)

@@ -1,6 +1,5 @@
 """Differentiable RoI warping (docs/paper_vs_code.md: stages 2-3): crop a box from a feature map by
-bilinear
-interpolation, then max-pool; the gradient reaches the features *and* the box coordinates.
+bilinear interpolation, then max-pool; the gradient reaches the features *and* the box coordinates.
 
 Shape legend (structures.py): N images, C channels, h, w feature-map size, R RoIs,
 S_h, S_w the warp grid (P x P after pooling); s is the spatial scale (1/16 for VGG-16 conv5_3).
@@ -45,12 +44,11 @@ Relation to torchvision.ops:
     * ``roi_pool`` (Fast R-CNN's RoIPool) rounds the box to feature cells and max-pools over
       whole cells: no interpolation, and no gradient with respect to the box at all.
 
-Relation to the Caffe layer (caffe-mnc ``roi_warping_layer.cu``, docs/paper_vs_code.md: stages
-2-3): Caffe rounds
-the corners to feature cells (start = round(x1/16)), samples at start + pw * bin with no -0.5
-centre shift, and its coordinate gradient is the derivative of the *unrounded* map evaluated
-at the rounded positions, an approximation. Here nothing is rounded, so the box gradient is
-the exact derivative of the forward (checked with ``torch.autograd.gradcheck``).
+Relation to the Caffe layer (caffe-mnc ``roi_warping_layer.cu``, docs/paper_vs_code.md: stages 2-3):
+Caffe rounds the corners to feature cells (start = round(x1/16)), samples at start + pw * bin with
+no -0.5 centre shift, and its coordinate gradient is the derivative of the *unrounded* map evaluated
+at the rounded positions, an approximation. Here nothing is rounded, so the box gradient is the
+exact derivative of the forward (checked with ``torch.autograd.gradcheck``).
 
 The default output size (14) and pooling (2) are defined once, in ``config.RoIConfig``.
 """

@@ -425,9 +425,8 @@ def make_mnc_split(sbd_root: str | os.PathLike, voc_root: str | os.PathLike) -> 
 
     Every SBD image (SBD ``train.txt`` + ``val.txt``) goes to ``mnc_train`` if its id is in
     VOC 2012 ``ImageSets/Main/train.txt`` and to ``mnc_val`` if it is in ``.../val.txt``
-    (docs/paper_vs_code.md: data: the full data gives 5,623 / 5,732). SBD ids in neither list are
-    left
-    out with a warning. Ids are written sorted; each file is replaced atomically.
+    (docs/paper_vs_code.md: data: the full data gives 5,623 / 5,732). SBD ids in neither list
+    are left out with a warning. Ids are written sorted; each file is replaced atomically.
 
     Args:
         sbd_root: SBD's ``benchmark_RELEASE`` folder or its ``dataset`` folder.

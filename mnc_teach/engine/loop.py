@@ -3,12 +3,11 @@
     history = train(shapes_cpu(), "runs/first")      # a tqdm bar and a line every log_every steps
     history = train(cfg, "runs/first", resume=True)  # continues from runs/first/checkpoint.pt
 
-One optimiser step = ``cfg.train.accumulate`` micro-batches of ``cfg.train.images_per_batch``
-images (MNC: 1 image x ``iter_size`` 8, docs/paper_vs_code.md: training). The images of step ``s``
-are a pure
-function of ``(seed, s)`` (:mod:`mnc_teach.engine.batches`), and a resumed run skips to step
-``s`` by index. Together with the saved RNG states this makes ``N steps + resume to 2N`` give
-the same losses as ``2N`` steps straight.
+One optimiser step = ``cfg.train.accumulate`` micro-batches of ``cfg.train.images_per_batch`` images
+(MNC: 1 image x ``iter_size`` 8, docs/paper_vs_code.md: training). The images of step ``s`` are a
+pure function of ``(seed, s)`` (:mod:`mnc_teach.engine.batches`), and a resumed run skips to step
+``s`` by index. Together with the saved RNG states this makes ``N steps + resume to 2N`` give the
+same losses as ``2N`` steps straight.
 
 Callbacks are objects with any of ``on_train_start``, ``on_step_end``, ``on_validation``,
 ``on_train_end``, each called with the :class:`~mnc_teach.engine.state.TrainState`; setting
