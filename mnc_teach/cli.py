@@ -232,18 +232,18 @@ def _cmd_assignments(args: argparse.Namespace) -> int:
             f"assignments needs nbgrader ({missing}); install the instructor extra: "
             "pip install -e '.[instructor]'"
         ) from None
+    # the course's own cell time limit (assignments.CELL_TIMEOUT_S) unless --cell-timeout
+    seconds = getattr(args, "cell_timeout", None)  # `list` has no --cell-timeout
+    timeout = {} if seconds is None else {"cell_timeout_s": seconds}
     if args.action == "list":
         print(assignments.points_table())
     elif args.action == "build":
-        out = assignments.build_course(
-            args.out, cell_timeout_s=args.cell_timeout, force=args.force
-        )
+        out = assignments.build_course(args.out, force=args.force, **timeout)
         print(f"course folder {out}: student version in release/{assignments.ASSIGNMENT}, "
               f"instructions in {out / 'README.md'}")
     else:
         outcomes = assignments.grade_course(
-            args.course_dir, students=args.student or None, notebook=args.notebook,
-            cell_timeout_s=args.cell_timeout,
+            args.course_dir, students=args.student or None, notebook=args.notebook, **timeout
         )
         for o in outcomes:
             print(f"{o.student}: {o.score:g} / {o.max_score:g} points of the exercises, "
@@ -385,8 +385,9 @@ def _add_assignments(commands: argparse._SubParsersAction) -> None:
     grade.add_argument("--notebook", default="*",
                        help="grade the notebooks matching this glob only (default: all)")
     for action in (build, grade):
-        action.add_argument("--cell-timeout", type=int, default=180, metavar="SECONDS",
-                            help="time limit of one cell when grading (default: 180)")
+        action.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
+                            help="time limit of one cell when grading (default: the course's, "
+                                 "180)")
     parser.set_defaults(run=_cmd_assignments)
 
 

@@ -355,3 +355,18 @@ def test_assignments_without_nbgrader_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "nbgrader.api", None)  # as if nbgrader were not installed
     assert main(["assignments", "list"]) == 1
     assert "pip install -e '.[instructor]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "expected"), [([], None), (["--cell-timeout", "60"], 60)])
+def test_assignments_build_takes_the_courses_cell_limit_unless_given(
+    extra: list[str], expected: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnc_teach.course import assignments
+
+    calls = []
+    monkeypatch.setattr(assignments, "build_course",
+                        lambda out, **kwargs: calls.append(kwargs) or Path(out))
+    assert main(["assignments", "build", "--out", str(tmp_path / "c"), *extra]) == 0
+    [kwargs] = calls
+    # without --cell-timeout the library's default (assignments.CELL_TIMEOUT_S) applies
+    assert kwargs.get("cell_timeout_s") == expected and kwargs["force"] is False

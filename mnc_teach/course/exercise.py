@@ -207,13 +207,16 @@ class CheckResult:
             (line[2:] for line in self.diagnosis.splitlines() if line.startswith(FAIL)), ""
         )
 
+    def uses_mine(self, *, use_mine_anyway: bool = False) -> bool:
+        """Whether later cells use the learner's functions: when the check passed, or when
+        ``use_mine_anyway`` and they are implemented (wrong, not missing)."""
+        return self.status == "passed" or (use_mine_anyway and self.status == "wrong")
+
     def implementations(self, *, use_mine_anyway: bool = False) -> dict[str, Callable]:
-        """The functions later cells should use, by library name: the learner's when the check
-        passed (or when ``use_mine_anyway`` and they are implemented), else the library's; one
-        printed line says which."""
-        use_mine = self.status == "passed" or (use_mine_anyway and self.status == "wrong")
+        """The functions later cells should use, by library name: the learner's when
+        :meth:`uses_mine`, else the library's; one printed line says which."""
         names = ", ".join(self.library)
-        if use_mine:
+        if self.uses_mine(use_mine_anyway=use_mine_anyway):
             note = "" if self.status == "passed" else " although it fails its check"
             print(f"using your {', '.join('my_' + n for n in self.mine)}{note}")
             return dict(self.mine)

@@ -57,7 +57,7 @@ class Solutions:
         those whose check passed, and the wrong ones named in ``use_mine_anyway``."""
         chosen: dict[str, Callable] = {}
         for name, result in self.results.items():
-            if result or (result.status == "wrong" and name in self.use_mine_anyway):
+            if result.uses_mine(use_mine_anyway=name in self.use_mine_anyway):
                 chosen.update(result.mine)
         return chosen
 
